@@ -1,0 +1,30 @@
+"""kernelspace: the blur kernel space of Tran et al. (CVPR 2021) as a library.
+
+A kernel extractor G(x, y) -> k encodes the blur between a sharp image x and a blurry image y; a blur
+operator F(x, k) -> y applies that blur to any sharp image. See :func:`load_model` and
+:class:`~kernelspace.models.KernelSpaceModel`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("kernelspace")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+from .device import resolve_device
+from .hub import ModelNotFoundError, convert_checkpoint, load_model
+from .io import load_image, save_image
+from .models import BKSNet, KernelSpaceModel
+
+__all__ = [
+    "__version__",
+    "BKSNet",
+    "KernelSpaceModel",
+    "ModelNotFoundError",
+    "convert_checkpoint",
+    "load_image",
+    "load_model",
+    "resolve_device",
+    "save_image",
+]

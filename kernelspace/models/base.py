@@ -1,0 +1,272 @@
+"""The interface every kernel-space model shares.
+
+A kernel-space model pairs a kernel extractor G(x, y) -> k with a blur operator F(x, k) -> y. Subclasses
+implement three tensor-level hooks on padded float32 ``(B, 3, H, W)`` images (``_extract``, ``_apply`` and,
+where the model has a prior, ``_sample``); this base class adds input validation, any-size padding, kernel
+resizing, device handling, inference mode, and saving/loading in ``huggingface_hub``'s conventions
+(``config.json`` beside ``model.safetensors``).
+
+Kernel layout: ``k`` is a ``(B, kernel_channels, h, w)`` tensor with one cell per ``grid_multiple`` pixels of
+the padded image (:meth:`KernelSpaceModel.kernel_size_for`). When ``k`` is applied to an image whose grid has
+another size, it is resized bilinearly (``align_corners=False``) to that grid, so a kernel stretches with the
+image: each cell keeps describing the same relative region.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+from torch import nn
+
+from ..io import ImageLike, from_tensor, to_tensor
+
+__all__ = ["KernelSpaceModel", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+#: Every model class by its ``architecture`` id, the key written into ``config.json``.
+ARCHITECTURES: dict[str, type[KernelSpaceModel]] = {}
+
+
+def _reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad bottom/right to (height, width) by mirroring, repeatedly where the image is smaller than the pad."""
+    while x.shape[-2] < height or x.shape[-1] < width:
+        pad_h = min(height - x.shape[-2], x.shape[-2] - 1)
+        pad_w = min(width - x.shape[-1], x.shape[-1] - 1)
+        if pad_h == pad_w == 0:  # a 1-pixel side cannot be mirrored
+            x = F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]), mode="replicate")
+            break
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+    return x
+
+
+class KernelSpaceModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="kernelspace",
+    tags=["image-deblurring", "blur-synthesis", "kernelspace"],
+    repo_url="https://github.com/kernelspace/kernelspace",
+):
+    """Base class of the kernel-space models: ``extract_kernel`` (G), ``apply_kernel`` (F), ``sample_kernel``.
+
+    Subclasses declare ``architecture="..."`` in their class statement and the pixel size of one kernel cell
+    (``grid_multiple``) and the smallest side their network accepts (``min_side``).
+    """
+
+    architecture: ClassVar[str]
+    grid_multiple: ClassVar[int] = 1
+    min_side: ClassVar[int] = 1
+
+    def __init_subclass__(cls, architecture: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if architecture is not None:
+            cls.architecture = architecture
+            ARCHITECTURES[architecture] = cls
+
+    # -- what subclasses provide -----------------------------------------------------------------------------
+    @property
+    def kernel_channels(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether :meth:`sample_kernel` can draw novel kernels."""
+        return False
+
+    def _extract(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Padded tensors -> (kernel mean, sigma or None)."""
+        raise NotImplementedError
+
+    def _apply(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Padded tensor and a kernel on its grid -> blurred tensor."""
+        raise NotImplementedError
+
+    def _sample(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- geometry ---------------------------------------------------------------------------------------------
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height`` x ``width`` is padded to before the network sees it."""
+        m = self.grid_multiple
+        return max(self.min_side, m * math.ceil(height / m)), max(self.min_side, m * math.ceil(width / m))
+
+    def kernel_size_for(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of ``k`` for an image of ``height`` x ``width``: one cell per ``grid_multiple`` pixels
+        of the padded image.
+
+        Example:
+            >>> from kernelspace.models import BKSNet
+            >>> BKSNet(nf=8, kernel_dim=64).kernel_size_for(720, 1280)  # padded to 768 x 1280
+            (6, 10)
+        """
+        ph, pw = self.padded_size(height, width)
+        return ph // self.grid_multiple, pw // self.grid_multiple
+
+    def resize_kernel(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Resize ``kernel`` (bilinear, ``align_corners=False``) to the grid of an image of that size."""
+        grid = self.kernel_size_for(height, width)
+        if tuple(kernel.shape[-2:]) == grid:
+            return kernel
+        return F.interpolate(kernel, size=grid, mode="bilinear", align_corners=False)
+
+    # -- device and autograd ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _grad_context(self, *tensors: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Autograd only where a gradient can be asked for; inference mode otherwise."""
+        wants_grad = any(t.requires_grad for t in tensors) or (
+            self.training and any(p.requires_grad for p in self.parameters())
+        )
+        return contextlib.nullcontext() if torch.is_grad_enabled() and wants_grad else torch.inference_mode()
+
+    def _prepare(self, img: ImageLike, name: str):
+        t, spec = to_tensor(img, name=name)
+        return t.to(self.device), spec
+
+    # -- the public interface ---------------------------------------------------------------------------------
+    def extract_kernel(
+        self, sharp: ImageLike, blurry: ImageLike, *, return_dist: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """G(x, y): the latent blur kernel that turns ``sharp`` into ``blurry``.
+
+        Args:
+            sharp: the sharp image(s) x, any accepted image kind.
+            blurry: the blurry image(s) y, same size as ``sharp``.
+            return_dist: also return sigma (models with a prior, such as the VAE head).
+
+        Returns:
+            ``k`` as a ``(B, kernel_channels, h, w)`` tensor on the input's device (B = 1 for a single image),
+            or ``(mean, sigma)``. Inputs that require grad give a differentiable ``k``; otherwise it is computed
+            under :func:`torch.inference_mode` (``k.clone()`` makes it an ordinary tensor to optimise).
+        """
+        x, spec = self._prepare(sharp, "sharp")
+        y, _ = self._prepare(blurry, "blurry")
+        if x.shape != y.shape:
+            raise ValueError(
+                f"sharp and blurry must have the same batch and size, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if return_dist and not self.has_prior:
+            raise ValueError(f"{type(self).__name__} has no kernel distribution; call with return_dist=False")
+        ph, pw = self.padded_size(*x.shape[-2:])
+        with self._grad_context(x, y):
+            mean, sigma = self._extract(_reflect_pad(x, ph, pw), _reflect_pad(y, ph, pw))
+        out_device = spec.device or torch.device("cpu")
+        if return_dist:
+            return mean.to(out_device), sigma.to(out_device)
+        return mean.to(out_device)
+
+    def apply_kernel(self, sharp: ImageLike, kernel: torch.Tensor) -> ImageLike:
+        """F(x, k): blur ``sharp`` with the latent kernel ``kernel``; differentiable in both.
+
+        ``kernel`` is ``(B, C, h, w)`` or ``(1, C, h, w)`` (shared by the batch); a kernel made for another
+        image size is resized to this image's grid (see :meth:`resize_kernel`). Returns the same image kind,
+        dtype, layout and channel count as ``sharp``.
+        """
+        x, spec = self._prepare(sharp, "sharp")
+        k = self._check_kernel(kernel, x.shape[0]).to(self.device)
+        height, width = x.shape[-2:]
+        ph, pw = self.padded_size(height, width)
+        with self._grad_context(x, k):
+            y = self._apply(_reflect_pad(x, ph, pw), self.resize_kernel(k, height, width).expand(x.shape[0], -1, -1, -1))
+        return from_tensor(y[..., :height, :width], spec)
+
+    def sample_kernel(
+        self,
+        height: int,
+        width: int,
+        *,
+        batch: int = 1,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Draw ``batch`` novel kernels from the model's prior for an image of ``height`` x ``width``.
+
+        Reproducible: pass a :class:`torch.Generator` or a ``seed`` (one of them is required, so that a drawn
+        kernel can always be drawn again).
+        """
+        if not self.has_prior:
+            raise ValueError(
+                f"{type(self).__name__} has no prior to sample from; use a model with one (e.g. use_vae=True)"
+            )
+        if (generator is None) == (seed is None):
+            raise ValueError("pass exactly one of generator= or seed= so that the sample can be reproduced")
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.inference_mode():
+            return self._sample(batch, self.kernel_size_for(height, width), generator)
+
+    def forward(self, sharp: torch.Tensor, blurry: torch.Tensor) -> torch.Tensor:
+        """F(x, G(x, y)) on float tensors whose sides the network accepts (the training objective's path)."""
+        mean, _ = self._extract(sharp, blurry)
+        return self._apply(sharp, mean)
+
+    def _check_kernel(self, kernel: Any, batch: int) -> torch.Tensor:
+        if not isinstance(kernel, torch.Tensor):
+            raise TypeError(f"kernel must be a torch.Tensor from extract_kernel/sample_kernel, got {type(kernel).__name__}")
+        if kernel.ndim == 3:
+            kernel = kernel[None]
+        if kernel.ndim != 4 or kernel.shape[1] != self.kernel_channels or kernel.shape[0] not in (1, batch):
+            raise ValueError(
+                f"kernel must have shape (B, {self.kernel_channels}, h, w) with B = 1 or {batch}, "
+                f"got {tuple(kernel.shape)}"
+            )
+        if not torch.isfinite(kernel.detach()).all():
+            raise ValueError("kernel contains NaN or Inf values")
+        return kernel.float()
+
+    # -- saving and loading -----------------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments plus ``architecture``: what ``config.json`` holds."""
+        return {**(self._hub_mixin_config or {}), "architecture": self.architecture}
+
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs: Any):
+        """Write ``config.json`` and ``model.safetensors`` (and a model card) to ``save_directory``."""
+        return super().save_pretrained(save_directory, config=config or self.config, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        # The config also travels inside the weights file so that a lone .safetensors can be loaded.
+        metadata = {"kernelspace_config": json.dumps(self.config, sort_keys=True), "format": "pt"}
+        save_safetensors_model(self, str(save_directory / WEIGHTS_NAME), metadata=metadata)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> KernelSpaceModel:
+        model = cls(**model_kwargs)
+        if Path(model_id).is_dir():
+            weights = Path(model_id) / WEIGHTS_NAME
+        else:
+            weights = hf_hub_download(
+                repo_id=model_id,
+                filename=WEIGHTS_NAME,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        load_safetensors_model(model, str(weights), strict=strict, device=str(map_location))
+        return model.eval()

@@ -1,0 +1,1 @@
+"""Weights shipped inside the package (the default model lives in ``default/``)."""
