@@ -54,8 +54,10 @@ def load_model(
             published with the paper (``GOPRO_woVAE.pth`` and the like, recognised by its keys and read with
             ``torch.load(weights_only=True)``); or a Hugging Face Hub repo id ``"org/name"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        revision, cache_dir, token: passed to ``huggingface_hub`` for Hub repo ids. ``HF_HUB_OFFLINE=1`` loads
-            from the local cache only.
+        revision: passed to ``huggingface_hub`` for Hub repo ids.
+        cache_dir: passed to ``huggingface_hub`` for Hub repo ids.
+        token: passed to ``huggingface_hub`` for Hub repo ids. ``HF_HUB_OFFLINE=1`` loads from the local cache
+            only.
 
     Example:
         >>> import tempfile

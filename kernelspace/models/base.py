@@ -1,8 +1,8 @@
 """The interface every kernel-space model shares.
 
 A kernel-space model pairs a kernel extractor G(x, y) -> k with a blur operator F(x, k) -> y. Subclasses
-implement three tensor-level hooks on padded float32 ``(B, 3, H, W)`` images (``_extract``, ``_apply`` and,
-where the model has a prior, ``_sample``); this base class adds input validation, any-size padding, kernel
+implement three tensor-level hooks on padded float32 ``(B, 3, H, W)`` images (``_kernel_from_pair``, ``_blur_with_kernel`` and,
+where the model has a prior, ``_sample_prior``); this base class adds input validation, any-size padding, kernel
 resizing, device handling, inference mode, and saving/loading in ``huggingface_hub``'s conventions
 (``config.json`` beside ``model.safetensors``).
 
@@ -83,15 +83,15 @@ class KernelSpaceModel(
         """Whether :meth:`sample_kernel` can draw novel kernels."""
         return False
 
-    def _extract(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _kernel_from_pair(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Padded tensors -> (kernel mean, sigma or None)."""
         raise NotImplementedError
 
-    def _apply(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Padded tensor and a kernel on its grid -> blurred tensor."""
         raise NotImplementedError
 
-    def _sample(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    def _sample_prior(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
     # -- geometry ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class KernelSpaceModel(
             raise ValueError(f"{type(self).__name__} has no kernel distribution; call with return_dist=False")
         ph, pw = self.padded_size(*x.shape[-2:])
         with self._grad_context(x, y):
-            mean, sigma = self._extract(_reflect_pad(x, ph, pw), _reflect_pad(y, ph, pw))
+            mean, sigma = self._kernel_from_pair(_reflect_pad(x, ph, pw), _reflect_pad(y, ph, pw))
         out_device = spec.device or torch.device("cpu")
         if return_dist:
             return mean.to(out_device), sigma.to(out_device)
@@ -179,7 +179,7 @@ class KernelSpaceModel(
         height, width = x.shape[-2:]
         ph, pw = self.padded_size(height, width)
         with self._grad_context(x, k):
-            y = self._apply(_reflect_pad(x, ph, pw), self.resize_kernel(k, height, width).expand(x.shape[0], -1, -1, -1))
+            y = self._blur_with_kernel(_reflect_pad(x, ph, pw), self.resize_kernel(k, height, width).expand(x.shape[0], -1, -1, -1))
         return from_tensor(y[..., :height, :width], spec)
 
     def sample_kernel(
@@ -205,12 +205,12 @@ class KernelSpaceModel(
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.inference_mode():
-            return self._sample(batch, self.kernel_size_for(height, width), generator)
+            return self._sample_prior(batch, self.kernel_size_for(height, width), generator)
 
     def forward(self, sharp: torch.Tensor, blurry: torch.Tensor) -> torch.Tensor:
         """F(x, G(x, y)) on float tensors whose sides the network accepts (the training objective's path)."""
-        mean, _ = self._extract(sharp, blurry)
-        return self._apply(sharp, mean)
+        mean, _ = self._kernel_from_pair(sharp, blurry)
+        return self._blur_with_kernel(sharp, mean)
 
     def _check_kernel(self, kernel: Any, batch: int) -> torch.Tensor:
         if not isinstance(kernel, torch.Tensor):

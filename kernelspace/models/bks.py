@@ -185,18 +185,18 @@ class BKSNet(KernelSpaceModel, architecture="bks"):
     def has_prior(self) -> bool:
         return self.use_vae
 
-    def _extract(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _kernel_from_pair(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         features = torch.cat([self.feature_extractor(sharp), self.feature_extractor(blurry)], 1)
         out = self.kernel_extractor(features)
         if self.use_vae:
             return out[:, : self.kernel_dim], out[:, self.kernel_dim :]
         return out, None
 
-    def _apply(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         adapted = self.adapter(self.feature_extractor(sharp), kernel)
         return self.recon_trunk(adapted) + sharp
 
-    def _sample(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    def _sample_prior(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         # The VAE head was trained towards a standard normal prior on each latent cell.
         return torch.randn(batch, self.kernel_dim, *grid, generator=generator, device=generator.device)
 
