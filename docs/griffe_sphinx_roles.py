@@ -52,3 +52,7 @@ class SphinxRoles(griffe.Extension):
 
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         _rewrite(pkg)
+
+
+if not hasattr(griffe.Extension, "on_package"):  # older griffe releases call the same hook on_package_loaded
+    SphinxRoles.on_package_loaded = SphinxRoles.on_package  # type: ignore[attr-defined]
