@@ -15,13 +15,16 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 from .device import resolve_device
 from .hub import ModelNotFoundError, convert_checkpoint, load_model
 from .io import load_image, save_image
-from .models import BKSNet, KernelSpaceModel
+from .data import SyntheticBlur
+from .models import BKSNet, KernelField, KernelSpaceModel
 
 __all__ = [
     "__version__",
     "BKSNet",
+    "KernelField",
     "KernelSpaceModel",
     "ModelNotFoundError",
+    "SyntheticBlur",
     "convert_checkpoint",
     "load_image",
     "load_model",

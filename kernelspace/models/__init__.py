@@ -2,5 +2,6 @@
 
 from .base import ARCHITECTURES, KernelSpaceModel
 from .bks import BKSNet
+from .kernel_field import KernelField
 
-__all__ = ["ARCHITECTURES", "KernelSpaceModel", "BKSNet"]
+__all__ = ["ARCHITECTURES", "KernelSpaceModel", "BKSNet", "KernelField"]

@@ -15,6 +15,7 @@ image: each cell keeps describing the same relative region.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -28,6 +29,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
 from ..io import ImageLike, from_tensor, to_tensor
+from ..physics.blur import reflect_pad
 
 __all__ = ["KernelSpaceModel", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME"]
 
@@ -38,16 +40,9 @@ CONFIG_NAME = "config.json"
 ARCHITECTURES: dict[str, type[KernelSpaceModel]] = {}
 
 
-def _reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad bottom/right to (height, width) by mirroring, repeatedly where the image is smaller than the pad."""
-    while x.shape[-2] < height or x.shape[-1] < width:
-        pad_h = min(height - x.shape[-2], x.shape[-2] - 1)
-        pad_w = min(width - x.shape[-1], x.shape[-1] - 1)
-        if pad_h == pad_w == 0:  # a 1-pixel side cannot be mirrored
-            x = F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]), mode="replicate")
-            break
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-    return x
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Mirror-pad the bottom and right of ``x`` up to (height, width)."""
+    return reflect_pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))
 
 
 class KernelSpaceModel(
@@ -83,8 +78,10 @@ class KernelSpaceModel(
         """Whether :meth:`sample_kernel` can draw novel kernels."""
         return False
 
-    def _kernel_from_pair(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Padded tensors -> (kernel mean, sigma or None)."""
+    def _kernel_from_pair(
+        self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Padded tensors -> (kernel mean, sigma or None); ``valid`` is the unpadded (height, width)."""
         raise NotImplementedError
 
     def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -122,7 +119,7 @@ class KernelSpaceModel(
     # -- device and autograd ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return next(itertools.chain(self.parameters(), self.buffers())).device
 
     def _grad_context(self, *tensors: torch.Tensor) -> contextlib.AbstractContextManager:
         """Autograd only where a gradient can be asked for; inference mode otherwise."""
@@ -161,7 +158,8 @@ class KernelSpaceModel(
             raise ValueError(f"{type(self).__name__} has no kernel distribution; call with return_dist=False")
         ph, pw = self.padded_size(*x.shape[-2:])
         with self._grad_context(x, y):
-            mean, sigma = self._kernel_from_pair(_reflect_pad(x, ph, pw), _reflect_pad(y, ph, pw))
+            valid = (x.shape[-2], x.shape[-1])
+            mean, sigma = self._kernel_from_pair(_pad_to(x, ph, pw), _pad_to(y, ph, pw), valid=valid)
         out_device = spec.device or torch.device("cpu")
         if return_dist:
             return mean.to(out_device), sigma.to(out_device)
@@ -179,7 +177,8 @@ class KernelSpaceModel(
         height, width = x.shape[-2:]
         ph, pw = self.padded_size(height, width)
         with self._grad_context(x, k):
-            y = self._blur_with_kernel(_reflect_pad(x, ph, pw), self.resize_kernel(k, height, width).expand(x.shape[0], -1, -1, -1))
+            k = self.resize_kernel(k, height, width).expand(x.shape[0], -1, -1, -1)
+            y = self._blur_with_kernel(_pad_to(x, ph, pw), k)
         return from_tensor(y[..., :height, :width], spec)
 
     def sample_kernel(

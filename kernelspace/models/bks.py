@@ -185,7 +185,9 @@ class BKSNet(KernelSpaceModel, architecture="bks"):
     def has_prior(self) -> bool:
         return self.use_vae
 
-    def _kernel_from_pair(self, sharp: torch.Tensor, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _kernel_from_pair(
+        self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         features = torch.cat([self.feature_extractor(sharp), self.feature_extractor(blurry)], 1)
         out = self.kernel_extractor(features)
         if self.use_vae:

@@ -1,0 +1,117 @@
+"""Blur transfer on real pairs the model never trained on, and the kernel space's speed (issue 3's targets).
+
+    python benchmarks/bench_transfer.py [--model SOURCE] [--skip-gopro] [--gopro N]
+
+- Levin 2009, same pair: PSNR(F(x, G(x, y)), y) after the standard shift alignment on a 15-px crop (32 pairs).
+  Target >= 41.7 dB (re-blurring with the recorded kernel: 44.7 dB; blurry vs sharp: 23.3 dB).
+- Levin across scenes: k from scene i's pair applied to scene j's sharp image, scored against scene j's real
+  blurry image with the same recorded kernel (96 ordered pairs). Target >= 40 dB.
+- GoPro (6 real pairs, 1280x720, non-uniform blur), same pair, full frames. Target >= 35 dB, identity beside it.
+- Speed at 256x256 RGB, batch 16: apply_kernel target >= 200 images/s; extract_kernel reported.
+
+``--model`` takes anything ``kernelspace.load_model`` takes; without it, the default ``KernelField()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import report, seconds_per_call
+from PIL import Image
+
+from kernelspace import load_model
+from kernelspace.metrics import aligned, psnr
+from kernelspace.models import KernelField
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
+
+
+def _grey(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def _score(estimate: np.ndarray, reference: np.ndarray) -> float:
+    def t(a: np.ndarray) -> torch.Tensor:
+        a = torch.from_numpy(a.astype(np.float32) / 255)
+        return a[None, None] if a.ndim == 2 else a.permute(2, 0, 1)[None]
+
+    return psnr(*aligned(t(estimate), t(reference)))
+
+
+def levin(model) -> list[dict]:
+    root = DATA / "levin2009"
+    rows, same, cross, identity = [], [], [], []
+    for kernel in range(1, 9):
+        sharp = {i: _grey(root / "gt" / f"im{i}.png") for i in range(1, 5)}
+        blurry = {i: _grey(root / "blur" / f"im{i}_kernel{kernel}_img.png") for i in range(1, 5)}
+        ks = {}
+        for i in range(1, 5):
+            start = time.perf_counter()
+            ks[i] = model.extract_kernel(sharp[i], blurry[i])
+            seconds = time.perf_counter() - start
+            same.append(_score(model.apply_kernel(sharp[i], ks[i]), blurry[i]))
+            identity.append(_score(sharp[i], blurry[i]))
+            print(f"levin im{i} kernel{kernel}: same pair {same[-1]:.2f} dB (identity {identity[-1]:.2f}), "
+                  f"extract {seconds:.1f} s", flush=True)
+        for i in range(1, 5):
+            for j in range(1, 5):
+                if i != j:
+                    cross.append(_score(model.apply_kernel(sharp[j], ks[i]), blurry[j]))
+        print(f"levin kernel{kernel}: across scenes {np.mean(cross[-12:]):.2f} dB", flush=True)
+    rows.append({"set": "Levin 2009 same pair (32)", "psnr_db": float(np.mean(same)), "min_db": float(np.min(same)),
+                 "identity_db": float(np.mean(identity)), "target_db": 41.7})
+    rows.append({"set": "Levin 2009 across scenes (96)", "psnr_db": float(np.mean(cross)),
+                 "min_db": float(np.min(cross)), "identity_db": float(np.mean(identity)), "target_db": 40.0})
+    return rows
+
+
+def gopro(model, limit: int) -> list[dict]:
+    root = DATA / "gopro_pairs6"
+    same, identity = [], []
+    for path in sorted((root / "sharp").glob("*.png"))[:limit]:
+        sharp = np.asarray(Image.open(path).convert("RGB"))
+        blurry = np.asarray(Image.open(root / "blur" / path.name).convert("RGB"))
+        start = time.perf_counter()
+        k = model.extract_kernel(sharp, blurry)
+        seconds = time.perf_counter() - start
+        same.append(_score(model.apply_kernel(sharp, k), blurry))
+        identity.append(_score(sharp, blurry))
+        print(f"gopro {path.name}: same pair {same[-1]:.2f} dB (identity {identity[-1]:.2f}), extract {seconds:.0f} s",
+              flush=True)
+    return [{"set": f"GoPro same pair ({len(same)})", "psnr_db": float(np.mean(same)), "min_db": float(np.min(same)),
+             "identity_db": float(np.mean(identity)), "target_db": 35.0}]
+
+
+def speed(model) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 256, 256, generator=g)
+    y = model.apply_kernel(x, model.sample_kernel(256, 256, batch=16, seed=0)).clamp(0, 1)
+    k = model.extract_kernel(x[:1], y[:1])
+    apply_s = seconds_per_call(lambda: model.apply_kernel(x, k.expand(16, -1, -1, -1)), repeat=7)
+    extract_s = seconds_per_call(lambda: model.extract_kernel(x[:1], y[:1]), repeat=3)
+    return [
+        {"set": "apply_kernel 256x256 batch 16", "images_per_s": 16 / apply_s, "target_images_per_s": 200},
+        {"set": "extract_kernel 256x256 batch 1", "images_per_s": 1 / extract_s},
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a load_model source (default: KernelField())")
+    parser.add_argument("--skip-gopro", action="store_true")
+    parser.add_argument("--gopro", type=int, default=6, help="how many GoPro pairs (slow on CPU)")
+    args = parser.parse_args()
+    model = load_model(args.model, device="cpu") if args.model else KernelField()
+    rows = speed(model) + levin(model)
+    if not args.skip_gopro:
+        rows += gopro(model, args.gopro)
+    report("transfer", rows, ["set", "psnr_db", "min_db", "identity_db", "target_db", "images_per_s",
+                              "target_images_per_s"])
+
+
+if __name__ == "__main__":
+    main()

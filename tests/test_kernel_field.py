@@ -1,0 +1,76 @@
+"""KernelField: the space-varying blur, the least-squares kernel, the prior, on real Levin pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernelspace import load_model
+from kernelspace.metrics import aligned, psnr
+from kernelspace.models import KernelField
+from kernelspace.physics.eff import blur_from_spectra, patch_spectra, space_varying_blur
+from kernelspace.physics.psf import random_psf
+
+
+def test_uniform_field_equals_conv2d(photo):
+    x = torch.from_numpy(photo[:128, :192].copy()).permute(2, 0, 1)[None].float() / 255
+    psf = random_psf(torch.Generator().manual_seed(0), size=15, max_extent=12.0, max_offset=0.0)
+    field = psf.expand(1, 2, 3, 15, 15)
+    direct = F.conv2d(F.pad(x, (7, 7, 7, 7), mode="reflect"), psf.expand(3, 1, 15, 15), groups=3)
+    torch.testing.assert_close(space_varying_blur(x, field, 64), direct, atol=1e-5, rtol=0)
+
+
+def test_whole_frame_and_patch_paths_agree():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 128, 128, generator=g)
+    field = random_psf(g, size=9, max_extent=7.0, max_offset=0.0, batch=8).reshape(2, 2, 2, 9, 9)
+    whole = space_varying_blur(x, field, 64)  # 4 cells: one frame
+    patches = blur_from_spectra(patch_spectra(x, 64, 9), field)
+    torch.testing.assert_close(whole, patches, atol=1e-5, rtol=0)
+
+
+def test_same_pair_transfer_on_levin(levin_pair):
+    sharp, blurry = levin_pair
+    model = KernelField(iterations=60)
+    k = model.extract_kernel(sharp, blurry)
+    assert float(model.response(k).flatten()[0]) == 1.0  # Levin's images are linear: the fit says so
+    psf = model.psf_field(k)
+    assert bool((psf >= 0).all()) and torch.allclose(psf.sum((-2, -1)), torch.ones(psf.shape[:3]), atol=1e-5)
+    out = torch.from_numpy(model.apply_kernel(sharp, k).astype(np.float32) / 255)[None, None]
+    ref = torch.from_numpy(blurry.astype(np.float32) / 255)[None, None]
+    identity = psnr(*aligned(torch.from_numpy(sharp.astype(np.float32) / 255)[None, None], ref))
+    reblurred = psnr(*aligned(out, ref))
+    assert reblurred > 40.0 and reblurred > identity + 15
+
+
+def test_prior_is_seeded_valid_and_varies_across_the_image():
+    model = KernelField(cell=64, psf_size=21, prior_max_extent=15.0, prior_max_rotation=3.0)
+    k = model.sample_kernel(256, 320, batch=2, seed=5)
+    assert tuple(k.shape) == (2, 21 * 21 + 1, 4, 5)
+    assert torch.equal(k, model.sample_kernel(256, 320, batch=2, seed=5))
+    assert not torch.equal(k, model.sample_kernel(256, 320, batch=2, seed=6))
+    psf = model.psf_field(k)
+    assert torch.allclose(psf.sum((-2, -1)), torch.ones(2, 4, 5), atol=1e-5)
+    assert (psf[:, 0, 0] - psf[:, -1, -1]).abs().sum() > 0.1  # the rotation turns the blur across the frame
+
+
+def test_gradients_and_save_load(tmp_path):
+    model = KernelField(cell=32, psf_size=7)
+    x = torch.rand(1, 3, 40, 50, requires_grad=True)
+    k = model.sample_kernel(40, 50, seed=0).clone().requires_grad_()
+    model.apply_kernel(x, k).mean().backward()
+    assert x.grad.abs().sum() > 0 and k.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "kf")
+    loaded = load_model(tmp_path / "kf", device="cpu")
+    assert isinstance(loaded, KernelField) and loaded.config == model.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.apply_kernel(x, k), model.apply_kernel(x, k))
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="odd"):
+        KernelField(psf_size=8)
+    with pytest.raises(ValueError, match="cell"):
+        KernelField(cell=7)
