@@ -41,7 +41,8 @@ def camera_homographies(
         translation: ``(..., 2)`` image-plane offsets ``(x, y)`` of the centre, pixels (trajectory convention of
             :mod:`kernelspace.physics.psf`).
         rotation: ``(..., 3)`` angles ``(roll, yaw, pitch)`` in radians, same leading shape.
-        height, width: image size, pixels.
+        height: image height, pixels.
+        width: image width, pixels.
         focal: focal length in pixels, a number or a tensor broadcastable to the leading shape.
 
     Returns:

@@ -49,7 +49,8 @@ def estimate_psf_field(
     """The PSF field (B, H/cell, W/cell, S, S) that best turns ``sharp`` into ``blurry`` (both linear light).
 
     Args:
-        sharp, blurry: (B, C, H, W) linear-light images, sides multiples of ``cell``.
+        sharp: (B, C, H, W) linear-light sharp image, sides multiples of ``cell``.
+        blurry: the blurry image, same shape.
         cell: pixels per PSF cell.
         psf_size: S, the (odd) side of each PSF.
         valid: (height, width) of the real image inside padded inputs; only that part is fitted.

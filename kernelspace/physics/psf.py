@@ -242,7 +242,10 @@ def random_psf(
     Args:
         generator: the source of randomness (CPU); ``None`` uses PyTorch's global generator.
         size: odd canvas side; ``None`` picks :func:`psf_size_for` ``(max_extent, max_offset)`` (47 by default).
-        max_extent, min_extent, max_offset, n_steps: as in :func:`shake_trajectory`.
+        max_extent: as in :func:`shake_trajectory`.
+        min_extent: as in :func:`shake_trajectory`.
+        max_offset: as in :func:`shake_trajectory`.
+        n_steps: as in :func:`shake_trajectory`.
         batch: ``None`` for one PSF, or a number of independent PSFs.
 
     Returns:
