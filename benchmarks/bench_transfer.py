@@ -1,6 +1,6 @@
 """Blur transfer on real pairs the model never trained on, and the kernel space's speed (issue 3's targets).
 
-    python benchmarks/bench_transfer.py [--model SOURCE] [--skip-gopro] [--gopro N]
+    python benchmarks/bench_transfer.py [--model SOURCE] [--parts speed,levin,gopro] [--gopro N]
 
 - Levin 2009, same pair: PSNR(F(x, G(x, y)), y) after the standard shift alignment on a 15-px crop (32 pairs).
   Target >= 41.7 dB (re-blurring with the recorded kernel: 44.7 dB; blurry vs sharp: 23.3 dB).
@@ -102,14 +102,18 @@ def speed(model) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a load_model source (default: KernelField())")
-    parser.add_argument("--skip-gopro", action="store_true")
+    parser.add_argument("--parts", default="speed,levin,gopro", help="comma-separated: speed, levin, gopro")
     parser.add_argument("--gopro", type=int, default=6, help="how many GoPro pairs (slow on CPU)")
     args = parser.parse_args()
     model = load_model(args.model, device="cpu") if args.model else KernelField()
-    rows = speed(model) + levin(model)
-    if not args.skip_gopro:
-        rows += gopro(model, args.gopro)
-    report("transfer", rows, ["set", "psnr_db", "min_db", "identity_db", "target_db", "images_per_s",
+    parts = args.parts.split(",")
+    unknown = set(parts) - {"speed", "levin", "gopro"}
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from speed, levin, gopro")
+    rows = []
+    for part in parts:
+        rows += speed(model) if part == "speed" else levin(model) if part == "levin" else gopro(model, args.gopro)
+    report("transfer_" + "_".join(parts), rows, ["set", "psnr_db", "min_db", "identity_db", "target_db", "images_per_s",
                               "target_images_per_s"])
 
 
