@@ -52,17 +52,22 @@ def aligned(
     estimate: torch.Tensor, reference: torch.Tensor, *, crop: int = 15, max_shift: int = 10, step: float = 0.25
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(estimate, reference) cropped by ``crop`` px after the shift of ``estimate`` that minimises the error."""
-    est, ref = estimate.double(), reference.double()
-    h, w = ref.shape[-2:]
-    target = ref[..., crop : h - crop, crop : w - crop]
+    est = estimate.double()
+    h, w = reference.shape[-2:]
 
-    def err(dy: float, dx: float) -> float:
-        moved = shift(est, dy, dx)[..., crop : h - crop, crop : w - crop]
-        return (moved - target).square().mean().item()
+    def inner(t: torch.Tensor) -> torch.Tensor:
+        return t[..., crop : h - crop, crop : w - crop]
 
-    best = min(((dy, dx) for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)),
-               key=lambda d: (est.roll(d, (-2, -1))[..., crop : h - crop, crop : w - crop] - target).square().mean().item())
+    target = inner(reference.double())
+
+    def error(moved: torch.Tensor) -> float:
+        return (inner(moved) - target).square().mean().item()
+
+    # Integer shifts first (a roll: its wrapped border falls inside the crop while max_shift <= crop), then
+    # sub-pixel steps around the best one.
+    span = range(-max_shift, max_shift + 1)
+    best = min(((dy, dx) for dy in span for dx in span), key=lambda d: error(est.roll(d, (-2, -1))))
     n = int(round(1 / step))
     fine = [(best[0] + i * step, best[1] + j * step) for i in range(-n, n + 1) for j in range(-n, n + 1)]
-    dy, dx = min(fine, key=lambda d: err(*d))
-    return shift(est, dy, dx)[..., crop : h - crop, crop : w - crop], target
+    dy, dx = min(fine, key=lambda d: error(shift(est, *d)))
+    return inner(shift(est, dy, dx)), target

@@ -24,18 +24,6 @@ from .blur import fft_size, reflect_pad
 __all__ = ["space_varying_blur", "patch_spectra", "blur_from_spectra", "PatchSpectra"]
 
 
-def _windows(cells: int, cell: int, margin: int, device, dtype) -> torch.Tensor:
-    """(cells, 2 * cell + 2 * margin) bilinear hats over each patch; edge cells extend flat to the border."""
-    t = torch.arange(2 * cell + 2 * margin, device=device, dtype=dtype) - margin  # position within the hat
-    hat = (1 - (t - cell + 0.5).abs() / cell).clamp_min(0)
-    w = hat.repeat(cells, 1)
-    w[0, t < cell] = 1.0
-    w[-1, t >= cell] = 1.0
-    if cells == 1:
-        w[0] = 1.0
-    return w
-
-
 class PatchSpectra:
     """The FFTs of the windowed patches of one image batch, ready to be blurred by any PSF field."""
 
@@ -54,8 +42,12 @@ def patch_spectra(x: torch.Tensor, cell: int, psf_size: int) -> PatchSpectra:
     patch = 2 * cell + 2 * r
     gh, gw = height // cell, width // cell
     patches = ext.unfold(2, patch, cell).unfold(3, patch, cell)  # (B, C, gh, gw, patch, patch)
-    wy = _windows(gh, cell, r, x.device, x.dtype)
-    wx = _windows(gw, cell, r, x.device, x.dtype)
+    # Each patch's window is the slice of the whole-frame hat that the patch covers.
+    starts = torch.arange(patch, device=x.device)
+    wy = _frame_windows(height, gh, cell, margin, 0, x.device, x.dtype)
+    wy = wy.gather(1, torch.arange(gh, device=x.device)[:, None] * cell + starts)
+    wx = _frame_windows(width, gw, cell, margin, 0, x.device, x.dtype)
+    wx = wx.gather(1, torch.arange(gw, device=x.device)[:, None] * cell + starts)
     patches = patches * (wy[:, None, :, None] * wx[None, :, None, :])
     n = fft_size(patch + 2 * r)
     return PatchSpectra(torch.fft.rfft2(patches, s=(n, n)), (b, c, height, width), cell, psf_size, n)

@@ -77,21 +77,20 @@ def _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturatio
         mask = mask[..., 1:, 1:]
         target = _gradients(blurry)
 
-    def grad_of(psf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def grad_of(psf: torch.Tensor) -> torch.Tensor:
         p = psf.detach().requires_grad_()
         residual = (_gradients(blur_from_spectra(spec, p)) - target) * mask
         loss = 0.5 * residual.square().sum()
-        (g,) = torch.autograd.grad(loss, p)
-        return g, loss.detach()
+        return torch.autograd.grad(loss, p)[0]
 
     # Largest eigenvalue of A^T A by power iteration (A is linear in the PSFs: A^T A v = grad(v) - grad(0)).
-    g0, _ = grad_of(torch.zeros(b, gh, gw, psf_size, psf_size, device=sharp.device, dtype=sharp.dtype))
+    g0 = grad_of(torch.zeros(b, gh, gw, psf_size, psf_size, device=sharp.device, dtype=sharp.dtype))
     gen = torch.Generator(device=sharp.device).manual_seed(0)  # deterministic estimates
     v = torch.rand(b, gh, gw, psf_size, psf_size, device=sharp.device, dtype=sharp.dtype, generator=gen)
     lipschitz = torch.ones(b, device=sharp.device, dtype=sharp.dtype)
     for _ in range(12):
         v = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1, 1)
-        av = grad_of(v)[0] - g0
+        av = grad_of(v) - g0
         lipschitz = (av * v).flatten(1).sum(1).clamp_min(1e-12)
         v = av
     lam = tikhonov * lipschitz.view(b, 1, 1, 1, 1)
@@ -104,8 +103,7 @@ def _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturatio
     z = x_prev
     t = 1.0
     for _ in range(iterations):
-        g, _ = grad_of(z)
-        x_new = project_simplex(z - step * (g + lam * z))
+        x_new = project_simplex(z - step * (grad_of(z) + lam * z))
         t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
         z = x_new + ((t - 1) / t_new) * (x_new - x_prev)
         x_prev, t = x_new, t_new
