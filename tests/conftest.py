@@ -20,6 +20,12 @@ def need(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (tests that use it skip when it is absent); conftest is not importable as a module."""
+    return need(DATA)
+
+
+@pytest.fixture(scope="session")
 def golden() -> dict[str, dict[str, torch.Tensor]]:
     """Test vectors made with the published implementation, for the plain ("tiny") and VAE ("tiny_vae") heads:
     the inputs and outputs by name, and the published state dict under "state"."""
