@@ -12,7 +12,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "ssim", "shift", "aligned"]
+__all__ = ["charbonnier", "psnr", "ssim", "shift", "aligned"]
+
+
+def charbonnier(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Mean Charbonnier distance ``sqrt((a - b)^2 + eps^2)``: the paper's training loss (a smooth L1), differentiable.
+
+    Example:
+        >>> import torch
+        >>> round(float(charbonnier(torch.zeros(4), torch.full((4,), 0.5))), 4)
+        0.5
+    """
+    return ((estimate - reference).square() + eps * eps).sqrt().mean()
 
 
 def psnr(estimate: torch.Tensor, reference: torch.Tensor, peak: float = 1.0) -> float:

@@ -29,6 +29,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
 from ..io import ImageLike, from_tensor, to_tensor
+from ..metrics import charbonnier
 from ..physics.blur import reflect_pad
 
 __all__ = ["KernelSpaceModel", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME"]
@@ -61,6 +62,8 @@ class KernelSpaceModel(
     architecture: ClassVar[str]
     grid_multiple: ClassVar[int] = 1
     min_side: ClassVar[int] = 1
+    #: Weight of the VAE head's KL term in :meth:`training_loss`.
+    kl_weight: ClassVar[float] = 1e-4
 
     def __init_subclass__(cls, architecture: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -210,6 +213,41 @@ class KernelSpaceModel(
         """F(x, G(x, y)) on float tensors whose sides the network accepts (the training objective's path)."""
         mean, _ = self._kernel_from_pair(sharp, blurry)
         return self._blur_with_kernel(sharp, mean)
+
+    def training_loss(
+        self,
+        sharp: torch.Tensor,
+        blurry: torch.Tensor,
+        psf: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training objective on a batch: ``(loss, figures to log)``; what the trainer minimises.
+
+        This default is the paper's: F and G jointly, ``Charbonnier(y, F(x, G(x, y)))``; a model with a VAE head
+        blurs with a sampled kernel ``mean + sigma * N(0, 1)`` and adds ``kl_weight`` times its KL divergence.
+        Sides must be ones the model accepts (see :meth:`padded_size`). ``psf`` is the known PSF of synthetic
+        blur, ``(B, S, S)``, for models that learn from it; this default does not need it.
+        """
+        mean, sigma = self._kernel_from_pair(sharp, blurry)
+        kernel, logs, kl = mean, {}, mean.new_zeros(())
+        if sigma is not None:
+            eps = torch.randn(mean.shape, generator=generator).to(mean)
+            kernel = mean + sigma * eps
+            variance = sigma.square().clamp_min(1e-12)
+            kl = 0.5 * (mean.square() + variance - 1 - variance.log()).mean()
+            logs["kl"] = kl.item()
+        reconstruction = charbonnier(self._blur_with_kernel(sharp, kernel), blurry)
+        logs["charbonnier"] = reconstruction.item()
+        return reconstruction + self.kl_weight * kl, logs
+
+    def training_side(self, crop: int) -> int:
+        """The side of the training crops for a requested ``crop``: the nearest the model accepts at or above it."""
+        return max(self.padded_size(crop, crop))
+
+    def finish_training(self, psf: torch.Tensor) -> None:
+        """Called once after training with a bank of ``(N, S, S)`` PSFs drawn like the training blur; models
+        that fit something to them (such as a latent distribution) override it."""
 
     def _check_kernel(self, kernel: Any, batch: int) -> torch.Tensor:
         if not isinstance(kernel, torch.Tensor):

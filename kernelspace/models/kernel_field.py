@@ -9,11 +9,16 @@ of the camera response (the same in every cell).
   blended bilinearly between cell centres (:mod:`kernelspace.physics.eff`), clip at 1 (saturation) and encode
   again. Each PSF is made non-negative and normalised to sum to one before use, so every ``k`` is a physically
   valid blur and F is differentiable in x and k. Noise is out of F's scope: F gives the expected blurry image.
-- G(x, y) (:meth:`extract_kernel`): for each candidate response exponent, the non-negative least-squares PSF
-  field on image gradients (:func:`kernelspace.physics.kernel_estimation.estimate_psf_field`); the exponent
-  whose field explains ``y`` best is kept.
-- The prior (:meth:`sample_kernel`): random camera shake (Boracchi & Foi style trajectories) with an optional
-  in-plane rotation, which makes the blur vary across the image.
+- G(x, y) (:meth:`extract_kernel`): the non-negative least-squares PSF field on image gradients
+  (:func:`kernelspace.physics.kernel_estimation.estimate_psf_field`), coarse to fine: on the half-size pair, one
+  estimate per candidate response exponent; the exponent that explains ``y`` best is kept and its upsampled
+  field starts the full-size estimate.
+- The prior (:meth:`sample_kernel`): ``prior="trajectory"`` draws random camera shake (Boracchi & Foi style
+  trajectories) with an in-plane rotation, which makes the blur vary across the image; ``prior="latent"`` draws
+  from the learned kernel space: a VAE over local PSFs (:class:`~kernelspace.models.psf_vae.PSFAutoencoder`,
+  present when ``latent_dim > 0``), trained by ``kernelspace train`` with the Charbonnier re-blur loss
+  (:meth:`training_loss`). Each image gets a latent drawn from the fitted latent distribution, varied smoothly
+  across its cells. :meth:`encode_kernel` / :meth:`decode_kernel` move between PSF fields and latent fields.
 
 Geometry: an image is padded (reflect) to multiples of ``cell`` (at least one cell); ``k`` has one cell per
 ``cell`` pixels of the padded image. Moving ``k`` to an image of another size resizes it bilinearly, which blends
@@ -25,15 +30,31 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
+from ..metrics import charbonnier
+from ..physics.blur import psf_blur
 from ..physics.eff import space_varying_blur
 from ..physics.kernel_estimation import estimate_psf_field
 from ..physics.psf import rasterize_psf, shake_trajectory
 from .base import KernelSpaceModel
+from .psf_vae import PSFAutoencoder
 
 __all__ = ["KernelField"]
 
 _DARK = 1e-6  # floor before the response's inverse power: keeps its slope finite at black
+
+
+def _linear(encoded: torch.Tensor, gamma: torch.Tensor | float) -> torch.Tensor:
+    """Encoded values -> linear light (``x ** gamma``); in place on the fresh clamp when no gradient is needed."""
+    out = encoded.clamp_min(_DARK)
+    return out ** gamma if out.requires_grad else out.pow_(gamma)
+
+
+def _encoded(linear: torch.Tensor, gamma: torch.Tensor | float) -> torch.Tensor:
+    """Linear light -> encoded values, clipped at the sensor's white (1)."""
+    out = linear.clamp(_DARK, 1.0)
+    return out ** (1.0 / gamma) if out.requires_grad else out.pow_(1.0 / gamma)
 
 
 class KernelField(KernelSpaceModel, architecture="kernel-field"):
@@ -43,10 +64,16 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         cell: pixels per kernel cell (the PSF field's resolution).
         psf_size: side S (odd) of each local PSF; blur longer than S pixels is out of reach.
         gammas: candidate camera-response exponents G chooses from (1.0 = linear data, 2.2 = a typical camera).
-        iterations: FISTA iterations of the kernel estimate.
+        iterations: FISTA iterations of each half-size kernel estimate (one per response exponent).
+        refine_iterations: FISTA iterations of the full-size estimate that refines the best half-size one.
         tikhonov: weight of the PSF's squared norm, relative to the data term's largest eigenvalue.
         prior_max_extent: longest camera-shake extent (pixels) that :meth:`sample_kernel` draws.
         prior_max_rotation: largest in-plane rotation (degrees) over the exposure that it draws.
+        latent_dim: size of the learned kernel space's latent (0: no VAE, nothing to train).
+        vae_width: channels of the VAE's first stage.
+        prior: ``"trajectory"`` (camera shake, needs no training) or ``"latent"`` (the trained VAE).
+        latent_variation: with the latent prior, how far (in latent standard deviations) a cell's latent strays
+            from its image's: 0 gives uniform blur.
 
     Example:
         >>> import torch
@@ -65,9 +92,14 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         psf_size: int = 41,
         gammas: list[float] | None = None,
         iterations: int = 150,
+        refine_iterations: int = 60,
         tikhonov: float = 1e-4,
         prior_max_extent: float = 31.0,
         prior_max_rotation: float = 2.0,
+        latent_dim: int = 0,
+        vae_width: int = 32,
+        prior: str = "trajectory",
+        latent_variation: float = 0.3,
     ) -> None:
         super().__init__()
         if psf_size % 2 == 0 or psf_size < 1:
@@ -76,10 +108,18 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
             raise ValueError(f"cell must be an even number >= 8, got {cell}")
         self.cell, self.psf_size = cell, psf_size
         self.gammas = [float(g) for g in (gammas or [1.0, 2.2])]
-        self.iterations, self.tikhonov = iterations, tikhonov
+        self.iterations, self.refine_iterations, self.tikhonov = iterations, refine_iterations, tikhonov
         self.prior_max_extent, self.prior_max_rotation = prior_max_extent, prior_max_rotation
-        # A buffer gives the model a device and dtype (and save_pretrained a file) although nothing is learned.
+        if prior not in ("trajectory", "latent") or (prior == "latent" and latent_dim < 1):
+            raise ValueError(f"prior must be 'trajectory', or 'latent' with latent_dim > 0; got {prior!r} with latent_dim={latent_dim}")
+        self.prior, self.latent_variation = prior, latent_variation
+        # A buffer gives the model a device and dtype (and save_pretrained a file) even without learned weights.
         self.register_buffer("response_candidates", torch.tensor(self.gammas))
+        self.kernel_vae = PSFAutoencoder(psf_size, latent_dim, vae_width) if latent_dim > 0 else None
+        if self.kernel_vae is not None:
+            # The distribution of the encoded training PSFs (fitted after training): sampling draws from it.
+            self.register_buffer("latent_mean", torch.zeros(latent_dim))
+            self.register_buffer("latent_std", torch.ones(latent_dim))
 
     @property
     def grid_multiple(self) -> int:  # type: ignore[override]
@@ -116,44 +156,138 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         taps = psf.reshape(b, h, w, s * s).permute(0, 3, 1, 2)
         return torch.cat([taps, gamma.view(b, 1, 1, 1).expand(b, 1, h, w).to(taps)], 1)
 
+    # -- the learned kernel space -----------------------------------------------------------------------------
+    def _vae(self) -> PSFAutoencoder:
+        if self.kernel_vae is None:
+            raise ValueError("this KernelField has no learned kernel space (latent_dim=0); use a model with latent_dim > 0")
+        return self.kernel_vae
+
+    def encode_kernel(self, kernel: torch.Tensor) -> torch.Tensor:
+        """A ``(B, S*S + 1, h, w)`` kernel -> its ``(B, latent_dim, h, w)`` latent field (posterior means)."""
+        psf = self.psf_field(kernel)
+        b, h, w, s, _ = psf.shape
+        mu, _ = self._vae().encode(psf.reshape(-1, s, s))
+        return mu.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def decode_kernel(self, latent: torch.Tensor, gamma: float | torch.Tensor = 2.2) -> torch.Tensor:
+        """A ``(B, latent_dim, h, w)`` latent field (and the response exponent) -> a kernel; differentiable."""
+        b, dim, h, w = latent.shape
+        psf = self._vae().decode(latent.permute(0, 2, 3, 1).reshape(-1, dim))
+        gamma = torch.as_tensor(gamma, dtype=latent.dtype, device=latent.device).expand(b)
+        return self.pack(psf.view(b, h, w, self.psf_size, self.psf_size), gamma)
+
+    def fit_canvas(self, psf: torch.Tensor) -> torch.Tensor:
+        """``(N, s, s)`` PSFs of any odd size -> centred on this model's ``S x S`` canvas, renormalised."""
+        s, size = psf.shape[-1], self.psf_size
+        if s > size:
+            cut = (s - size) // 2
+            psf = psf[..., cut : cut + size, cut : cut + size]
+        elif s < size:
+            psf = F.pad(psf, [(size - s) // 2] * 4)
+        psf = psf.clamp_min(0)
+        return psf / psf.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+
+    def training_loss(
+        self,
+        sharp: torch.Tensor,
+        blurry: torch.Tensor,
+        psf: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Train the kernel space: Charbonnier between the sharp image blurred with the VAE's reconstruction of
+        the true PSF and with the true PSF (in linear light; the re-blur is what users see), plus a small KL.
+
+        F and G here are physics; what is learned is the latent space the prior and deblurring search. ``blurry``
+        is not used: a synthetic pair's known ``psf`` gives a noise-free target. The log's ``shuffled`` figure
+        is the loss with the batch's PSFs shuffled: the "does k matter" control.
+        """
+        vae = self._vae()
+        if psf is None:
+            raise ValueError("KernelField learns from synthetic blur with a known PSF; train on clean photos")
+        psf = self.fit_canvas(psf.to(sharp))
+        decoded, kl = vae(psf, generator)
+        gamma = max(self.gammas)
+        linear = _linear(sharp, gamma)
+        target = _encoded(psf_blur(linear, psf), gamma)
+        estimate = _encoded(psf_blur(linear, decoded), gamma)
+        reconstruction = charbonnier(estimate, target)
+        with torch.no_grad():
+            shuffled = charbonnier(_encoded(psf_blur(linear, decoded.roll(1, 0)), gamma), target)
+        logs = {"charbonnier": reconstruction.item(), "kl": kl.mean().item(), "shuffled": shuffled.item()}
+        return reconstruction + self.kl_weight * kl.mean() / self.kernel_vae.latent_dim, logs
+
+    def training_side(self, crop: int) -> int:
+        """Any side: :meth:`training_loss` blurs whole crops with one PSF each, not on the cell grid."""
+        return crop
+
+    @torch.no_grad()
+    def finish_training(self, psf: torch.Tensor) -> None:
+        """Fit the latent prior (per-dimension mean and spread) to the encodings of ``(N, s, s)`` PSFs."""
+        if self.kernel_vae is None:
+            return
+        mu, _ = self.kernel_vae.encode(self.fit_canvas(psf.to(self.device)))
+        self.latent_mean.copy_(mu.mean(0))
+        self.latent_std.copy_(mu.std(0).clamp_min(1e-3))
+
     # -- F, G and the prior on padded tensors ------------------------------------------------------------------
     def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        if kernel.shape[0] > 1 and kernel.stride(0) == 0:
+            kernel = kernel[:1]  # one kernel expanded over the batch: normalise and transform it once
         gamma = self.response(kernel)
-        linear = sharp.clamp_min(_DARK) ** gamma
-        blurred = space_varying_blur(linear, self.psf_field(kernel), self.cell)
-        return blurred.clamp(_DARK, 1.0) ** (1.0 / gamma)
+        blurred = space_varying_blur(_linear(sharp, gamma), self.psf_field(kernel), self.cell)
+        return _encoded(blurred, gamma)
 
     def _kernel_from_pair(
         self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None
     ) -> tuple[torch.Tensor, None]:
+        # Coarse to fine: on the pair at half size, one estimate per response exponent (cheap: a quarter of the
+        # pixels, PSFs of half the side); the exponent that fits best is kept, and its PSFs, upsampled, start the
+        # single full-size estimate, which then needs fewer iterations.
+        small_x, small_y = F.avg_pool2d(sharp, 2), F.avg_pool2d(blurry, 2)
+        vh, vw = valid or sharp.shape[-2:]
+        small_valid = (vh // 2, vw // 2)
+        small_size = (self.psf_size // 2) | 1
         best_psf, best_err, best_gamma = None, None, None
         for gamma in self.gammas:
-            xl, yl = sharp.clamp_min(0) ** gamma, blurry.clamp_min(0) ** gamma
+            xl, yl = _linear(small_x, gamma), _linear(small_y, gamma)
             psf = estimate_psf_field(
-                xl, yl, cell=self.cell, psf_size=self.psf_size, valid=valid,
+                xl, yl, cell=self.cell // 2, psf_size=small_size, valid=small_valid,
                 iterations=self.iterations, tikhonov=self.tikhonov,
             )
-            # Compare the candidates where the user sees them: encoded values, inside the valid region.
-            err = self._fit_error(sharp, blurry, self.pack(psf, torch.full((sharp.shape[0],), gamma)), valid)
+            err = _fit_error(xl, yl, psf, self.cell // 2, gamma, small_valid)
             if best_err is None:
-                best_psf, best_err = psf, err
-                best_gamma = torch.full_like(err, gamma)
+                best_psf, best_err, best_gamma = psf, err, torch.full_like(err, gamma)
             else:
                 better = err < best_err
                 best_psf = torch.where(better.view(-1, 1, 1, 1, 1), psf, best_psf)
                 best_gamma = torch.where(better, torch.full_like(err, gamma), best_gamma)
                 best_err = torch.minimum(err, best_err)
-        return self.pack(best_psf, best_gamma), None
-
-    def _fit_error(
-        self, sharp: torch.Tensor, blurry: torch.Tensor, kernel: torch.Tensor, valid: tuple[int, int] | None
-    ) -> torch.Tensor:
-        r = self.psf_size // 2
-        vh, vw = valid or sharp.shape[-2:]
-        diff = (self._blur_with_kernel(sharp, kernel) - blurry)[..., r : vh - r, r : vw - r]
-        return diff.square().mean((1, 2, 3))
+        b, h, w, s, _ = best_psf.shape
+        init = F.interpolate(best_psf.reshape(-1, 1, s, s), size=(2 * s, 2 * s), mode="bilinear", align_corners=False)
+        init = self.fit_canvas(init[:, 0]).reshape(b, h, w, self.psf_size, self.psf_size)
+        g = best_gamma.view(-1, 1, 1, 1)
+        psf = estimate_psf_field(
+            _linear(sharp, g), _linear(blurry, g), cell=self.cell, psf_size=self.psf_size, valid=valid,
+            iterations=self.refine_iterations, tikhonov=self.tikhonov, init=init,
+        )
+        return self.pack(psf, best_gamma), None
 
     def _sample_prior(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        if self.prior == "latent":
+            return self._sample_latent(batch, grid, generator)
+        return self._sample_trajectories(batch, grid, generator)
+
+    def _sample_latent(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        dim = self._vae().latent_dim
+        draw = lambda *shape: torch.randn(*shape, generator=generator, device=generator.device).to(self.device)  # noqa: E731
+        # One latent per image, and a smooth variation across its cells: corner offsets blended bilinearly.
+        corners = self.latent_variation * draw(batch, dim, 2, 2)
+        z = draw(batch, dim, 1, 1) + F.interpolate(corners, size=grid, mode="bilinear", align_corners=True)
+        z = self.latent_mean.view(1, -1, 1, 1) + self.latent_std.view(1, -1, 1, 1) * z
+        return self.decode_kernel(z, max(self.gammas))
+
+    def _sample_trajectories(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         # The trajectory helpers draw on the CPU; derive their generator from the caller's, so seeds reproduce.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         cpu = torch.Generator().manual_seed(seed)
@@ -174,3 +308,16 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         field = rasterize_psf(paths.reshape(-1, *paths.shape[-2:]), s).reshape(batch, h, w, s, s).float()
         gamma = torch.full((batch,), max(self.gammas))
         return self.pack(field, gamma).to(self.device)
+
+
+def _fit_error(
+    sharp_linear: torch.Tensor, blurry_linear: torch.Tensor, psf: torch.Tensor, cell: int, gamma: float,
+    valid: tuple[int, int],
+) -> torch.Tensor:
+    """Per image, the mean squared error of the re-blurred ``sharp`` in encoded values (what the user sees),
+    inside the valid region."""
+    r = psf.shape[-1] // 2
+    vh, vw = valid
+    estimate = _encoded(space_varying_blur(sharp_linear, psf, cell), gamma)
+    reference = _encoded(blurry_linear, gamma)
+    return (estimate - reference)[..., r : vh - r, r : vw - r].square().mean((1, 2, 3))
