@@ -17,17 +17,23 @@ from .hub import ModelNotFoundError, convert_checkpoint, load_model
 from .io import load_image, save_image
 from .data import SyntheticBlur
 from .models import BKSNet, KernelField, KernelSpaceModel
+from .viz import render_kernel
+from .synthesis import BlurSynthesizer
+from .augment import KernelSpaceAugment
 
 __all__ = [
     "__version__",
     "BKSNet",
+    "BlurSynthesizer",
     "KernelField",
     "KernelSpaceModel",
+    "KernelSpaceAugment",
     "ModelNotFoundError",
     "SyntheticBlur",
     "convert_checkpoint",
     "load_image",
     "load_model",
+    "render_kernel",
     "resolve_device",
     "save_image",
 ]

@@ -1,4 +1,4 @@
-"""The ``kernelspace`` command line: ``info`` and ``convert``; later capabilities add their sub-commands here."""
+"""The ``kernelspace`` command line: one sub-command per capability (``info``, ``convert``, ``train``, ...)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,44 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from .training import TrainConfig, model_for_run, train
+
+    def as_json(text: str, option: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{option} must be a JSON object such as '{{\"latent_dim\": 64}}' ({err})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{option} must be a JSON object, got {text!r}")
+        return value
+
+    model = model_for_run(args.out, args.model, as_json(args.model_config, "--model-config"), seed=args.seed)
+    config = TrainConfig(
+        data=args.data, out=args.out, paired=args.paired, crop=args.crop, batch_size=args.batch_size, lr=args.lr,
+        max_steps=args.max_steps, seed=args.seed, device=args.device, workers=args.workers,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, blur=as_json(args.blur, "--blur"),
+    )
+    train(model, config, progress=not args.no_progress)
+    print(f"wrote {args.out}/model (load it with kernelspace.load_model({str(args.out) + '/model'!r}))")
+    return 0
+
+
+def _swap(args: argparse.Namespace) -> int:
+    from .swap import parse_shard, swap_dataset
+
+    summary = swap_dataset(
+        args.input, args.output, layout=args.layout, source=args.source, seed=args.seed,
+        shard=parse_shard(args.shard), model=args.model, device=args.device, pairs=args.pairs,
+        extract_crop=args.extract_crop, link=args.link, progress=not args.no_progress,
+    )
+    print(f"{summary.layout} layout: wrote {summary.written}, {summary.skipped} already done, "
+          f"{summary.total} in this shard; manifest {summary.manifest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelspace", description="Blur kernel spaces: extract, transfer, sample and remove blur."
@@ -54,6 +92,52 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out_dir", help="the folder to write (must not exist unless --overwrite)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     convert.set_defaults(func=_convert)
+
+    from .training import TrainConfig
+
+    defaults = TrainConfig("", "")
+    train = sub.add_parser(
+        "train", help="train a kernel-space model on clean photos (synthetic blur) or a paired dataset; resumable",
+        description="Train, or resume (run the same command again), a kernel-space model; see kernelspace.training.",
+    )
+    train.add_argument("data", help="a folder of clean photos, or a paired dataset (GOPRO, REDS or blur/ + sharp/)")
+    train.add_argument("out", help="the run folder: checkpoint.pt, log.jsonl and the final model/")
+    train.add_argument("--model", default="kernel-field",
+                       help="an architecture to train from scratch (kernel-field, bks) or a model source to fine-tune")
+    train.add_argument("--model-config", default="{}", help="JSON constructor arguments of a new model")
+    kind = train.add_mutually_exclusive_group()
+    kind.add_argument("--paired", dest="paired", action="store_true", default=None, help="DATA is a paired dataset")
+    kind.add_argument("--photos", dest="paired", action="store_false", help="DATA is clean photos (synthetic blur)")
+    for name, kind_of in (("crop", int), ("batch-size", int), ("lr", float), ("max-steps", int), ("seed", int),
+                          ("workers", int), ("checkpoint-every", int), ("log-every", int)):
+        train.add_argument(f"--{name}", type=kind_of, default=getattr(defaults, name.replace("-", "_")),
+                           help=f"(default {getattr(defaults, name.replace('-', '_'))})")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
+    train.add_argument("--blur", default="{}", help="JSON keyword arguments of the SyntheticBlur used on photos")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (the log is still written)")
+    train.set_defaults(func=_train)
+
+    swap = sub.add_parser(
+        "swap", help="write a paired dataset's twin whose blurry images are synthetic (real blurs moved); resumable",
+        description="Blur-swap a paired dataset: same layout out, each blurry image replaced by its sharp image "
+        "blurred with a kernel from a real pair of the dataset or the model's prior; a JSONL manifest records how "
+        "each file was made. Run the same command again to resume.",
+    )
+    swap.add_argument("input", help="the paired dataset (GOPRO, REDS or blur/ + sharp/); only read")
+    swap.add_argument("output", help="the folder to write (outside INPUT)")
+    swap.add_argument("--layout", default="auto", choices=["auto", "gopro", "reds", "plain"])
+    swap.add_argument("--source", default="pairs", choices=["pairs", "prior", "both"],
+                      help="kernels from real pairs of the dataset, the model's prior, or both (default pairs)")
+    swap.add_argument("--seed", type=int, default=0, help="decides the source pairs and every kernel (default 0)")
+    swap.add_argument("--shard", default="0/1", help="i/n: write only every n-th pair, starting at the i-th")
+    swap.add_argument("--pairs", type=int, default=8, help="number of real pairs used as blur sources (default 8)")
+    swap.add_argument("--extract-crop", type=int, default=256,
+                      help="side of the centre crop kernels are extracted from; 0 = whole image (default 256)")
+    swap.add_argument("--link", action="store_true", help="hard-link the sharp images instead of copying them")
+    swap.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")
+    swap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
+    swap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    swap.set_defaults(func=_swap)
     return parser
 
 

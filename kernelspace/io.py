@@ -10,6 +10,7 @@ A path comes back as a PIL image (the kind it was read as).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -104,10 +105,11 @@ def save_image(img: Image.Image | np.ndarray | torch.Tensor, path: str | os.Path
 
 
 def _check_float(name: str, values: np.ndarray | torch.Tensor) -> None:
-    finite = torch.isfinite(values).all() if isinstance(values, torch.Tensor) else np.isfinite(values).all()
-    if not bool(finite):
+    # One pass over the data: the extremes are NaN when any value is, and infinite when any value is.
+    extremes = torch.aminmax(values) if isinstance(values, torch.Tensor) else (values.min(), values.max())
+    lo, hi = (float(v) for v in extremes)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise _fail(name, "contains NaN or Inf values")
-    lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
         raise _fail(
             name, f"float values must lie in [0, 1], found min {lo:.4g} and max {hi:.4g} (divide 8-bit data by 255)"

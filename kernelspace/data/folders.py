@@ -45,8 +45,8 @@ def list_images(folder: str | os.PathLike, *, recursive: bool = False) -> list[P
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "b.png").write_bytes(b""); _ = (d / "a.txt").write_text("")
-        >>> [p.name for p in list_images(d)]
-        ['b.png']
+        >>> print(*[p.name for p in list_images(d)])
+        b.png
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -98,7 +98,7 @@ def find_pairs(root: str | os.PathLike, layout: str = "auto") -> tuple[str, list
 
     Args:
         root: the dataset's folder.
-        layout: one of :data:`LAYOUTS`, or ``"auto"`` to take the first layout that finds pairs.
+        layout: one of ``LAYOUTS`` (``gopro``, ``reds``, ``plain``), or ``"auto"`` to take the first layout that finds pairs.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.

@@ -1,0 +1,325 @@
+"""Blur augmentation from a kernel space: real blurs (kernels of your own blurry/sharp pairs) or the model's prior.
+
+:class:`KernelSpaceAugment` blurs each image of a batch, independently, with probability ``p``, using a kernel
+drawn from a fixed pool. The pool is built once (per image size and device) and every batch costs a single call
+of the model's blur operator, so the augmentation adds little to the operator itself.
+
+It is a real :mod:`kornia.augmentation` intensity augmentation (it drops into
+:class:`kornia.augmentation.AugmentationSequential`, masks and boxes pass through), and, like a torchvision
+transform, it takes PIL images and numpy arrays too and gives back the kind it was given.
+
+Random parameters are drawn apart from their application, as in kornia: :meth:`KernelSpaceAugment.forward_parameters`
+returns a dict (``batch_prob``: which samples are blurred; ``kernel_index``: the pool kernel of each), and
+``aug(x, params=params)`` or ``aug.apply(x, params)`` replays exactly; the last parameters are kept in
+``aug._params``, so the same blur can be put on a second input.
+
+DataLoader workers: the augmentation pickles without its model; each worker loads the model once, on first use
+(the default model, or the ``model=`` source given). PyTorch runs every worker with ``torch.set_num_threads(1)``
+and the augmentation starts no threads of its own, so ``num_workers`` workers use ``num_workers`` cores. Parameters
+are drawn from PyTorch's global generator unless a ``generator`` is passed; DataLoader seeds that generator in
+each worker from its own, so ``DataLoader(..., generator=torch.Generator().manual_seed(s))`` (or
+``torch.manual_seed(s)`` before iterating) makes an epoch reproducible.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from kornia.augmentation import IntensityAugmentationBase2D
+
+from .hub import load_model
+from .io import ImageLike, from_tensor, to_tensor
+from .models import KernelSpaceModel
+from .synthesis import ModelLike
+
+__all__ = ["KernelSpaceAugment"]
+
+_SOURCES = ("prior", "pool", "both")
+_PARAM_KEYS = ("batch_prob", "kernel_index")
+_MAX_POOLS = 16  # kernel grids whose pools are kept (64 kernels of the default model: 0.4 MB per grid cell)
+
+
+class KernelSpaceAugment(IntensityAugmentationBase2D):
+    """Random blur from a kernel-space model, each sample independently; see the module docstring.
+
+    Args:
+        p: probability that a sample is blurred.
+        kernels: the real blurs to draw from (``source="pool"`` or ``"both"``): a ``(N, C, h, w)`` tensor of
+            kernels (from ``extract_kernel``), or a list whose items are kernels or ``(sharp, blurry)`` image
+            pairs; pairs are turned into kernels once, here (``extract_kernel`` may take seconds per pair).
+        source: ``"prior"`` (kernels drawn from the model's prior), ``"pool"`` (only ``kernels``) or ``"both"``
+            (half the blurred samples from each); ``None`` means ``"pool"`` when ``kernels`` are given, else
+            ``"prior"``.
+        model: a :class:`~kernelspace.models.KernelSpaceModel`, or anything :func:`~kernelspace.load_model`
+            accepts (``None``: the default model). A source is loaded lazily, once per process and device, and
+            not pickled; a model object is pickled with the augmentation.
+        return_pair: return ``(sharp, blurry)`` instead of the blurry image alone (training data for deblurring
+            networks); unblurred samples have ``blurry == sharp``. Not for use inside kornia containers.
+        pool_size: number of prior kernels in the pool (``source="prior"`` or ``"both"``).
+        pool_seed: seed of the prior kernels: the pool, and so a replay of ``params``, is the same in every
+            process.
+
+    Example:
+        >>> import torch
+        >>> from kernelspace.models import KernelField
+        >>> aug = KernelSpaceAugment(p=1.0, model=KernelField(cell=32, psf_size=7), pool_size=8)
+        >>> x = torch.rand(4, 3, 32, 48)
+        >>> y = aug(x, generator=torch.Generator().manual_seed(0))
+        >>> y.shape, aug._params["kernel_index"].shape
+        (torch.Size([4, 3, 32, 48]), torch.Size([4]))
+        >>> torch.equal(aug(x, params=aug._params), y)  # replay
+        True
+        >>> sharp, blurry = KernelSpaceAugment(p=1.0, model=aug.model, pool_size=8, return_pair=True)(x[0])
+        >>> sharp.shape, blurry.shape
+        (torch.Size([3, 32, 48]), torch.Size([3, 32, 48]))
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        kernels: torch.Tensor | Sequence[torch.Tensor | tuple[ImageLike, ImageLike]] | None = None,
+        source: str | None = None,
+        model: ModelLike = None,
+        return_pair: bool = False,
+        pool_size: int = 64,
+        pool_seed: int = 0,
+    ) -> None:
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        super().__init__(p=float(p), same_on_batch=False, keepdim=True)
+        if source is None:
+            source = "pool" if kernels is not None else "prior"
+        if source not in _SOURCES:
+            raise ValueError(f"source must be one of {', '.join(map(repr, _SOURCES))}, got {source!r}")
+        if kernels is None and source != "prior":
+            raise ValueError(f"source={source!r} draws from kernels=, but none were given (or use source='prior')")
+        if kernels is not None and source == "prior":
+            raise ValueError("kernels were given but source='prior' ignores them; use source='pool' or 'both'")
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+        if not isinstance(pool_seed, int) or isinstance(pool_seed, bool):
+            raise ValueError(f"pool_seed must be an integer, got {pool_seed!r}")
+        if not isinstance(return_pair, bool):
+            raise ValueError(f"return_pair must be True or False, got {return_pair!r}")
+        self.source, self.return_pair = source, return_pair
+        self.pool_size, self.pool_seed = pool_size, pool_seed
+        # The models live in a plain dict (by device), not as submodules: they stay out of state_dict and, when
+        # loaded from a source, out of pickles.
+        self._models: dict[str, KernelSpaceModel] = {}
+        self._pools: dict[tuple[str, int, int], torch.Tensor] = {}  # by device and grid
+        if isinstance(model, KernelSpaceModel):
+            self._model_source, self._model_given = None, True
+            self._models[str(model.device)] = model.eval()
+        elif model is None or isinstance(model, (str, os.PathLike)):
+            self._model_source, self._model_given = model, False
+        else:
+            raise TypeError(
+                "model must be a KernelSpaceModel, a source for kernelspace.load_model or None, "
+                f"got {type(model).__name__}"
+            )
+        self._real_kernels = self._collect_kernels(kernels) if kernels is not None else []
+        if source != "pool" and not self.model.has_prior:
+            raise ValueError(f"{type(self.model).__name__} has no prior to draw kernels from; use source='pool'")
+        self.flags = {"source": source, "kernels": self.num_kernels}
+
+    # -- the model and the kernel pool ---------------------------------------------------------------------------
+    @property
+    def model(self) -> KernelSpaceModel:
+        """The kernel-space model (loaded on first use when given as a source)."""
+        return self._model_on(next(iter(self._models), "cpu"))
+
+    @property
+    def num_kernels(self) -> int:
+        """Size of the pool that ``kernel_index`` points into: the real kernels first, then the prior's."""
+        return len(self._real_kernels) + (self.pool_size if self.source != "pool" else 0)
+
+    def _model_on(self, device: torch.device | str) -> KernelSpaceModel:
+        key = str(torch.device(device))
+        if key not in self._models:
+            if self._model_given:
+                self._models[key] = copy.deepcopy(next(iter(self._models.values()))).to(key)
+            else:
+                self._models[key] = load_model(self._model_source, device=key)
+        return self._models[key]
+
+    def _collect_kernels(self, kernels: Any) -> list[torch.Tensor]:
+        if isinstance(kernels, torch.Tensor):
+            kernels = list(kernels if kernels.ndim == 4 else kernels[None])
+        if not isinstance(kernels, (list, tuple)) or len(kernels) == 0:
+            raise ValueError(
+                "kernels must be a (N, C, h, w) tensor or a non-empty list of kernels or (sharp, blurry) pairs, "
+                f"got {type(kernels).__name__}"
+            )
+        channels = self.model.kernel_channels
+        out = []
+        for i, item in enumerate(kernels):
+            if isinstance(item, torch.Tensor):
+                k = item.detach().float().cpu()
+                k = k[None] if k.ndim == 3 else k
+                if k.ndim != 4 or k.shape[:2] != (1, channels):
+                    raise ValueError(f"kernels[{i}] must be a ({channels}, h, w) kernel, got shape {tuple(item.shape)}")
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                k = self.model.extract_kernel(*item).cpu()
+                if k.shape[0] != 1:
+                    raise ValueError(f"kernels[{i}] is a pair of batches; give one (sharp, blurry) pair per item")
+            else:
+                raise ValueError(
+                    f"kernels[{i}] must be a kernel tensor or a (sharp, blurry) pair, got {type(item).__name__}"
+                )
+            out.append(k)
+        return out
+
+    def kernel_pool(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The ``(num_kernels, C, h, w)`` kernels for images of ``height`` x ``width`` on ``device`` (cached).
+
+        Real kernels are resized to that image size's kernel grid; prior kernels are drawn for it (from
+        ``pool_seed``, so kernel ``i`` is the same camera shake at every size). Sizes with the same grid share one
+        pool, and the most recently built pools are kept.
+        """
+        model = self._model_on(device)
+        key = (str(model.device), *model.kernel_size_for(height, width))
+        if key not in self._pools:
+            if len(self._pools) >= _MAX_POOLS:  # many image sizes: forget the oldest grid
+                del self._pools[next(iter(self._pools))]
+            parts = [model.resize_kernel(k.to(model.device), height, width) for k in self._real_kernels]
+            if self.source != "pool":
+                generator = torch.Generator().manual_seed(self.pool_seed)
+                parts.append(model.sample_kernel(height, width, batch=self.pool_size, generator=generator))
+            self._pools[key] = torch.cat(parts)
+        return self._pools[key]
+
+    # -- parameters ----------------------------------------------------------------------------------------------
+    def forward_parameters(
+        self, batch_shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Draw which samples are blurred (``batch_prob``) and the pool kernel of each (``kernel_index``).
+
+        Args:
+            batch_shape: the batch's shape (only its first entry, the batch size, matters).
+            generator: a CPU :class:`torch.Generator`; ``None`` uses PyTorch's global one. Parameters are drawn
+                on the CPU whatever device the images are on.
+        """
+        batch = int(batch_shape[0])
+        if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+            raise ValueError(f"generator must be a CPU torch.Generator or None, got {generator!r}")
+        # A fixed drawing order, everything drawn whatever the options: a seed gives each sample the same draws.
+        gate = torch.rand(batch, generator=generator) < self.p
+        real = torch.randint(0, max(1, len(self._real_kernels)), (batch,), generator=generator)
+        prior = len(self._real_kernels) + torch.randint(0, self.pool_size, (batch,), generator=generator)
+        use_prior = torch.rand(batch, generator=generator) < 0.5
+        if self.source == "pool":
+            index = real
+        elif self.source == "prior":
+            index = prior
+        else:
+            index = torch.where(use_prior, prior, real)
+        return {
+            "batch_prob": gate.float(),
+            "kernel_index": index,
+            "forward_input_shape": torch.tensor(tuple(batch_shape), dtype=torch.long),
+        }
+
+    def _check_params(self, params: Any, batch: int) -> None:
+        if not isinstance(params, dict) or any(k not in params for k in _PARAM_KEYS):
+            raise ValueError(
+                f"params must be a dict with {', '.join(_PARAM_KEYS)} (from forward_parameters or aug._params), "
+                f"got {params!r:.80}"
+            )
+        index = params["kernel_index"]
+        if params["batch_prob"].shape != (batch,) or index.shape != (batch,):
+            raise ValueError(f"params were drawn for a batch of {index.shape[0]} images, got {batch}")
+        if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < self.num_kernels:
+            raise ValueError(f"params['kernel_index'] must lie in [0, {self.num_kernels}), the pool's size")
+
+    # -- applying ------------------------------------------------------------------------------------------------
+    def apply_transform(
+        self,
+        input: torch.Tensor,
+        params: dict[str, torch.Tensor],
+        flags: dict[str, Any],
+        transform: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """kornia's hook: blur the selected samples of a ``(B, C, H, W)`` batch with their pool kernels."""
+        self._check_params(params, input.shape[0])
+        selected = (params["batch_prob"] > 0.5).cpu()
+        if not bool(selected.any()):
+            return input
+        pool = self.kernel_pool(input.shape[-2], input.shape[-1], input.device)
+        model = self._model_on(input.device)
+        index = params["kernel_index"].to(pool.device)
+        if bool(selected.all()):  # one call for the whole batch, no copies
+            return model.apply_kernel(input, pool[index])
+        rows = selected.nonzero().flatten().to(input.device)
+        out = input.clone()
+        out[rows] = model.apply_kernel(input[rows], pool[index[rows.to(pool.device)]])
+        return out
+
+    def forward(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        params: dict[str, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Blur ``images`` (a PIL image, numpy array, CxHxW or BxCxHxW tensor, or a list of them).
+
+        Args:
+            images: what to blur; the result has the same kind (a list for a list).
+            params: parameters to replay (from :meth:`forward_parameters` or ``aug._params``); ``None`` draws
+                new ones.
+            generator: CPU generator for the new parameters (``None``: PyTorch's global one).
+            **kwargs: passed on to kornia (its containers add ``data_keys``).
+
+        Returns:
+            The blurred images, or ``(sharp, blurry)`` with ``return_pair=True``.
+        """
+        if self.return_pair and "data_keys" in kwargs:
+            raise ValueError("return_pair=True cannot be used inside a kornia container; use return_pair=False there")
+        if isinstance(images, (list, tuple)):
+            return self._forward_list(list(images), params, generator)
+        x, spec = to_tensor(images, name="images")
+        if params is None:
+            params = self.forward_parameters(tuple(x.shape), generator)
+        self._check_params(params, x.shape[0])
+        blurry = from_tensor(super().forward(x, params=params, **kwargs), spec)
+        return (from_tensor(x, spec), blurry) if self.return_pair else blurry
+
+    def _forward_list(
+        self, images: list[ImageLike], params: dict[str, torch.Tensor] | None, generator: torch.Generator | None
+    ) -> Any:
+        if not images:
+            raise ValueError("images is an empty list; give at least one image")
+        if params is None:
+            params = self.forward_parameters((len(images),), generator)
+        self._check_params(params, len(images))
+        outs = [
+            self.forward(img, params={k: params[k][i : i + 1] for k in _PARAM_KEYS}) for i, img in enumerate(images)
+        ]
+        self._params = params
+        return tuple(map(list, zip(*outs))) if self.return_pair else outs
+
+    def apply(self, images: Any, params: dict[str, torch.Tensor] | None = None) -> Any:  # type: ignore[override]
+        """Replay ``params`` on ``images``: ``aug.apply(mask_or_other_view, aug._params)``.
+
+        (Called with a function alone, it is :meth:`torch.nn.Module.apply`, so that ``parent.apply(init_fn)``
+        still walks through this module.)
+        """
+        if callable(images) and params is None:
+            return super().apply(images)
+        if params is None:
+            raise ValueError(
+                "apply needs params (from forward_parameters or aug._params); to draw new ones, call aug(x)"
+            )
+        return self.forward(images, params=params)
+
+    # -- pickling (DataLoader workers) ---------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_pools"] = {}  # rebuilt on first use, from the same seeds
+        if not self._model_given:
+            state["_models"] = {}  # reloaded from the source, once per worker
+        return state

@@ -1,0 +1,283 @@
+"""Blur-swapped datasets: every sharp image of a paired dataset gets a synthetic blurry twin.
+
+:func:`swap_dataset` reads a paired dataset (GoPro, REDS or plain ``blur/`` + ``sharp/``, see
+:func:`kernelspace.data.folders.find_pairs`) and writes the same layout to a new folder: the sharp images copied
+(or hard-linked), each blurry image replaced by the sharp image blurred with
+
+- ``source="pairs"``: the kernel of a real pair of the same dataset (one of ``pairs`` source pairs chosen from the
+  seed, never the image's own pair when there is another), extracted once per source pair from a centre crop of
+  ``extract_crop`` pixels (cropping, unlike downscaling, keeps the blur's length in pixels; kernel extraction
+  costs seconds per pair, so a crop keeps it affordable) and stretched over the target by the model;
+- ``source="prior"``: a kernel drawn from the model's prior;
+- ``source="both"``: either, half and half.
+
+Every choice is a function of ``seed`` and the pair's key alone, so a run is the same whatever the order, the
+sharding or the interruptions. Each written file gets a line in a JSONL manifest (``swap_manifest.jsonl``, or
+``swap_manifest.shard-I-of-N.jsonl``): the sharp input, the output, the kernel's origin (source pair and crop, or
+prior seed) and the model, enough to regenerate it. Images are written atomically and the manifest line is
+appended only once the image is in place; a run that is started again skips what its manifests list. The input
+folder is only read.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.folders import ImagePair, find_pairs
+from .device import DeviceLike
+from .hub import load_model
+from .io import load_image, save_image
+from .models import KernelSpaceModel
+from .synthesis import ModelLike
+
+__all__ = ["swap_dataset", "parse_shard", "SwapSummary", "SOURCES"]
+
+#: Where the kernels of a blur-swapped dataset come from.
+SOURCES = ("pairs", "prior", "both")
+_MANIFEST = "swap_manifest"
+
+
+@dataclass(frozen=True)
+class SwapSummary:
+    """What a :func:`swap_dataset` run did."""
+
+    layout: str
+    total: int  # pairs in this shard
+    written: int
+    skipped: int  # already finished by an earlier run
+    manifest: Path
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``, with ``0 <= i < n``.
+
+    Example:
+        >>> parse_shard("1/4")
+        (1, 4)
+    """
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard i/n needs 0 <= i < n, got {text!r}")
+    return index, count
+
+
+def _draw(seed: int, key: str) -> int:
+    """A 64-bit number from (seed, key): each output's choices, independent of order and sharding."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+
+
+def _fingerprint(model: KernelSpaceModel) -> str:
+    """A hash of the model's configuration and weights: which model made a file."""
+    digest = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_folders(input_root: Path, output_root: Path) -> None:
+    inp, out = input_root.resolve(), output_root.resolve()
+    if out == inp or out.is_relative_to(inp) or inp.is_relative_to(out):
+        raise ValueError(
+            f"the output folder {out} must lie outside the input folder {inp} and not contain it "
+            "(the input dataset is never written to)"
+        )
+
+
+def _centre_crop(image: Any, side: int) -> tuple[Any, list[int]]:
+    width, height = image.size
+    h, w = (height, width) if side <= 0 else (min(side, height), min(side, width))
+    top, left = (height - h) // 2, (width - w) // 2
+    return image.crop((left, top, left + w, top + h)), [top, left, h, w]
+
+
+def _remove_stale_parts(dst: Path) -> None:
+    """Delete temporary files a killed run left for ``dst`` (only this output's: other shards write others)."""
+    if dst.parent.is_dir():
+        for part in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):
+            part.unlink(missing_ok=True)
+
+
+def _place_copy(src: Path, dst: Path, link: bool) -> None:
+    """Put ``src`` at ``dst`` atomically: a hard link where asked and possible, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        if link:
+            os.unlink(tmp)
+            try:
+                os.link(src, tmp)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_manifest(path: Path, repair: bool) -> list[dict]:
+    """The finished entries of a manifest. With ``repair`` (this run's own manifest), a line cut short by a kill is
+    dropped from the file; other shards' manifests are only read (their writers may be mid-line)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if repair and end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+
+
+class _Kernels:
+    """The kernel of each output: extracted once per source pair (cached) or drawn from the prior."""
+
+    def __init__(self, model: KernelSpaceModel, sources: list[ImagePair], extract_crop: int) -> None:
+        self.model, self.sources, self.extract_crop = model, sources, extract_crop
+        self._extracted: dict[str, tuple[torch.Tensor, list[int]]] = {}
+
+    def origin(self, pair: ImagePair, mode: str, seed: int) -> dict[str, Any]:
+        """Where ``pair``'s kernel comes from, as recorded in the manifest."""
+        draw = _draw(seed, pair.key)
+        if mode == "prior" or (mode == "both" and draw & 1):
+            return {"kind": "prior", "seed": (draw >> 1) & (2**62 - 1)}
+        index = (draw >> 1) % len(self.sources)
+        if self.sources[index].key == pair.key and len(self.sources) > 1:
+            index = (index + 1) % len(self.sources)
+        src = self.sources[index]
+        return {"kind": "pair", "key": src.key, "sharp": str(src.sharp_rel), "blurry": str(src.blurry_rel)}
+
+    def kernel(self, origin: dict[str, Any], height: int, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if origin["kind"] == "prior":
+            generator = torch.Generator().manual_seed(origin["seed"])  # CPU: the same kernel on any device
+            return self.model.sample_kernel(height, width, generator=generator), origin
+        src = next(s for s in self.sources if s.key == origin["key"])
+        if src.key not in self._extracted:
+            sharp, box = _centre_crop(load_image(src.sharp), self.extract_crop)
+            blurry, _ = _centre_crop(load_image(src.blurry), self.extract_crop)
+            self._extracted[src.key] = self.model.extract_kernel(sharp, blurry), box
+        kernel, box = self._extracted[src.key]
+        return kernel, {**origin, "crop": box}
+
+
+def swap_dataset(
+    input_root: str | os.PathLike,
+    output_root: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    source: str = "pairs",
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    model: ModelLike = None,
+    device: DeviceLike = "auto",
+    pairs: int = 8,
+    extract_crop: int = 256,
+    link: bool = False,
+    progress: bool = True,
+) -> SwapSummary:
+    """Write a blur-swapped copy of the paired dataset at ``input_root`` to ``output_root``; resumable.
+
+    Args:
+        input_root: the paired dataset (read only).
+        output_root: where the same layout is written; must not lie inside ``input_root`` nor contain it.
+        layout: ``"auto"``, ``"gopro"``, ``"reds"`` or ``"plain"``
+            (see :func:`~kernelspace.data.folders.find_pairs`).
+        source: ``"pairs"`` (kernels of real pairs of the dataset), ``"prior"`` or ``"both"``.
+        seed: decides the source pairs and every output's kernel.
+        shard: ``(i, n)``: this run writes the pairs whose index in the sorted list is ``i`` modulo ``n``.
+        model: the kernel-space model, or anything :func:`~kernelspace.load_model` accepts (``None``: the default).
+        device: where the model runs.
+        pairs: how many real pairs serve as blur sources.
+        extract_crop: side of the centre crop kernels are extracted from (``0``: the whole image).
+        link: hard-link the sharp images instead of copying them (falls back to a copy where links fail).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`SwapSummary`.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from kernelspace.io import save_image
+        >>> from kernelspace.models import KernelField
+        >>> data, out = pathlib.Path(tempfile.mkdtemp()), pathlib.Path(tempfile.mkdtemp()) / "swapped"
+        >>> for side in ("blur", "sharp"):
+        ...     _ = save_image(np.full((40, 40, 3), 128, np.uint8), data / "seq1" / side / "000.png")
+        >>> summary = swap_dataset(data, out, source="prior", model=KernelField(cell=32, psf_size=7), progress=False)
+        >>> summary.layout, summary.written, sorted(p.name for p in (out / "seq1").iterdir())
+        ('gopro', 1, ['blur', 'sharp'])
+    """
+    input_root, output_root = Path(input_root), Path(output_root)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
+    shard_index, shard_count = parse_shard(f"{shard[0]}/{shard[1]}")
+    for name, value, low in (("pairs", pairs, 1), ("extract_crop", extract_crop, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    _check_folders(input_root, output_root)
+    layout, all_pairs = find_pairs(input_root, layout)
+    net = model if isinstance(model, KernelSpaceModel) else load_model(model, device=device)
+    net.eval()
+    chosen = sorted(random.Random(seed).sample(range(len(all_pairs)), min(pairs, len(all_pairs))))
+    kernels = _Kernels(net, [all_pairs[i] for i in chosen], extract_crop)
+    # What decides the outputs; a resumed run must match it. The model counts by its weights, not by its path.
+    settings = {
+        "layout": layout, "source": source, "seed": seed, "pairs": pairs, "extract_crop": extract_crop,
+        "model": {"architecture": net.architecture, "fingerprint": _fingerprint(net)},
+    }
+    model_source = "default" if model is None else "object" if isinstance(model, KernelSpaceModel) else str(model)
+
+    output_root.mkdir(parents=True, exist_ok=True)
+    suffix = "" if shard_count == 1 else f".shard-{shard_index}-of-{shard_count}"
+    manifest = output_root / f"{_MANIFEST}{suffix}.jsonl"
+    done: set[str] = set()
+    for path in sorted(output_root.glob(f"{_MANIFEST}*.jsonl")):
+        for entry in _read_manifest(path, repair=path == manifest):
+            if entry["settings"] != settings:
+                raise ValueError(
+                    f"{output_root} holds outputs made with other settings ({entry['settings']}); "
+                    "give the same options to resume, or use a new output folder"
+                )
+            if (output_root / entry["output"]).is_file():
+                done.add(entry["output"])
+
+    mine = [p for i, p in enumerate(all_pairs) if i % shard_count == shard_index]
+    todo = [p for p in mine if str(p.blurry_rel) not in done]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="swap", unit="img", disable=not progress)
+    with open(manifest, "a", encoding="utf-8") as log:
+        for pair in todo:
+            for dst in (output_root / pair.sharp_rel, output_root / pair.blurry_rel):
+                _remove_stale_parts(dst)
+            sharp = load_image(pair.sharp)
+            origin = kernels.origin(pair, source, seed)
+            kernel, origin = kernels.kernel(origin, sharp.height, sharp.width)
+            blurry = net.apply_kernel(sharp, kernel)
+            _place_copy(pair.sharp, output_root / pair.sharp_rel, link)
+            save_image(blurry, output_root / pair.blurry_rel)
+            entry = {
+                "output": str(pair.blurry_rel), "sharp": str(pair.sharp_rel), "key": pair.key, "kernel": origin,
+                "settings": settings, "model_source": model_source,
+            }
+            log.write(json.dumps(entry, sort_keys=True) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            bar.update(1)
+    bar.close()
+    return SwapSummary(layout, len(mine), len(todo), len(mine) - len(todo), manifest)
+

@@ -1,0 +1,161 @@
+"""Blur-swapped datasets: same layout out, a manifest per file, resumable after a kill, shards, inputs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kernelspace.cli import main
+from kernelspace.data.folders import find_pairs
+from kernelspace.models import KernelField
+from kernelspace.swap import parse_shard, swap_dataset
+
+from .conftest import DATA, need
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GOPRO-layout dataset of two sequences, three real pairs each: 96x128 crops of the six GoPro pairs."""
+    source = need(DATA / "eval" / "gopro_pairs6")
+    root = tmp_path_factory.mktemp("gopro") / "GOPRO"
+    for i, path in enumerate(sorted((source / "sharp").glob("*.png"))):
+        seq = root / ("GOPR0001_00" if i < 3 else "GOPR0002_00")
+        for side, folder in (("sharp", source / "sharp"), ("blur", source / "blur")):
+            (seq / side).mkdir(parents=True, exist_ok=True)
+            Image.open(folder / path.name).convert("RGB").crop((600, 300, 728, 396)).save(seq / side / f"{i:06d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A small kernel field: extraction takes about a second per pair instead of several.
+    folder = tmp_path_factory.mktemp("model") / "small"
+    KernelField(cell=64, psf_size=17, iterations=30).save_pretrained(folder)
+    return folder
+
+
+def hashes(root: Path) -> dict[str, str]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def cli(*args: object, hook: str = "") -> subprocess.CompletedProcess:
+    """Run the CLI in a child process; ``hook`` is Python run first (e.g. to kill the child mid-way)."""
+    code = f"import sys\n{hook}\nfrom kernelspace.cli import main\nsys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", code, *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+# Kill the process right after the third synthetic image is in place, before its manifest line is written:
+# the worst moment, as a power cut would choose it.
+KILL_AFTER_THIRD_IMAGE = """
+import os, signal
+import kernelspace.swap as swap
+real_save, written = swap.save_image, []
+def save_then_die(image, path):
+    real_save(image, path)
+    written.append(path)
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+swap.save_image = save_then_die
+"""
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, model_dir: Path, tmp_path: Path) -> None:
+    before = hashes(dataset)
+    options = ["--model", model_dir, "--pairs", "2", "--seed", "7", "--no-progress", "--device", "cpu"]
+    full = cli("swap", dataset, tmp_path / "full", *options)
+    assert full.returncode == 0, full.stderr
+    killed = cli("swap", dataset, tmp_path / "resumed", *options, hook=KILL_AFTER_THIRD_IMAGE)
+    assert killed.returncode == -9
+    lines = (tmp_path / "resumed" / "swap_manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the third image is on disk but not yet recorded
+    # What a kill in the middle of a write leaves: a temporary file beside an unfinished output.
+    (tmp_path / "resumed" / "GOPR0001_00" / "blur" / ".000002.png.k1ll3d.part").write_bytes(b"half an image")
+    resumed = cli("swap", dataset, tmp_path / "resumed", *options)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "wrote 4, 2 already done" in resumed.stdout
+    # Images and manifest byte for byte, and no temporary file left behind.
+    assert hashes(tmp_path / "resumed") == hashes(tmp_path / "full")
+    assert hashes(dataset) == before  # the input is only read
+    # Same layout out; blurry images replaced, sharp ones copied.
+    layout, pairs = find_pairs(tmp_path / "full")
+    assert layout == "gopro" and [p.key for p in pairs] == [p.key for p in find_pairs(dataset)[1]]
+    for pair in pairs:
+        original = dataset / pair.blurry_rel
+        assert pair.sharp.read_bytes() == (dataset / pair.sharp_rel).read_bytes()
+        assert pair.blurry.read_bytes() != original.read_bytes()
+    # Every output is described: its sharp input, a real source pair other than its own, the crop, the model.
+    entries = [json.loads(line) for line in (tmp_path / "full" / "swap_manifest.jsonl").read_text().splitlines()]
+    assert sorted(e["output"] for e in entries) == sorted(str(p.blurry_rel) for p in pairs)
+    for e in entries:
+        assert e["kernel"]["kind"] == "pair" and e["kernel"]["key"] != e["key"]
+        assert e["kernel"]["crop"] == [0, 0, 96, 128]  # the whole 96x128 image: smaller than --extract-crop
+        assert e["settings"]["model"]["architecture"] == "kernel-field" and e["sharp"].endswith(Path(e["output"]).name)
+    assert len({e["kernel"]["key"] for e in entries}) == 2  # two source pairs, each extracted once
+
+
+def test_shards_cover_every_pair_exactly_once(dataset: Path, tmp_path: Path) -> None:
+    model = KernelField(cell=64, psf_size=17)
+    whole = swap_dataset(dataset, tmp_path / "whole", source="prior", model=model, progress=False)
+    assert (whole.written, whole.skipped) == (6, 0)
+    for i in range(3):
+        part = swap_dataset(dataset, tmp_path / "sharded", source="prior", model=model, shard=(i, 3), progress=False)
+        assert part.total == 2
+    outputs = []
+    for i in range(3):
+        lines = (tmp_path / "sharded" / f"swap_manifest.shard-{i}-of-3.jsonl").read_text().splitlines()
+        outputs += [json.loads(line)["output"] for line in lines]
+    lines = (tmp_path / "whole" / "swap_manifest.jsonl").read_text().splitlines()
+    assert sorted(outputs) == sorted(json.loads(line)["output"] for line in lines)
+    assert len(set(outputs)) == 6
+    images = {k: v for k, v in hashes(tmp_path / "whole").items() if k.endswith(".png")}
+    assert {k: v for k, v in hashes(tmp_path / "sharded").items() if k.endswith(".png")} == images
+    # A finished shard layout counts as done for an unsharded rerun, which then writes nothing.
+    again = swap_dataset(dataset, tmp_path / "sharded", source="prior", model=model, progress=False)
+    assert (again.written, again.skipped) == (0, 6)
+
+
+def test_both_sources_links_and_prior_seeds(dataset: Path, tmp_path: Path) -> None:
+    model = KernelField(cell=64, psf_size=17, iterations=30)
+    swap_dataset(dataset, tmp_path / "out", source="both", model=model, pairs=1, link=True, progress=False)
+    entries = [json.loads(line) for line in (tmp_path / "out" / "swap_manifest.jsonl").read_text().splitlines()]
+    kinds = {e["kernel"]["kind"] for e in entries}
+    assert kinds == {"pair", "prior"}
+    for e in entries:
+        assert os.path.samefile(tmp_path / "out" / e["sharp"], dataset / e["sharp"])  # hard links
+    # A prior entry regenerates from its seed alone.
+    prior = next(e for e in entries if e["kernel"]["kind"] == "prior")
+    sharp = Image.open(dataset / prior["sharp"])
+    k = model.sample_kernel(sharp.height, sharp.width, generator=torch.Generator().manual_seed(prior["kernel"]["seed"]))
+    written = np.asarray(Image.open(tmp_path / "out" / prior["output"]))
+    assert np.array_equal(np.asarray(model.apply_kernel(sharp, k)), written)
+
+
+def test_refuses_to_write_inside_the_input_or_to_mix_settings(dataset: Path, tmp_path: Path, capsys) -> None:
+    model = KernelField(cell=64, psf_size=17)
+    with pytest.raises(ValueError, match="outside the input folder"):
+        swap_dataset(dataset, dataset / "swapped", model=model)
+    with pytest.raises(ValueError, match="outside the input folder"):
+        swap_dataset(dataset / "GOPR0001_00", dataset.parent, model=model)
+    assert main(["swap", str(dataset), str(dataset), "--no-progress"]) == 2
+    assert "outside the input folder" in capsys.readouterr().err
+    swap_dataset(dataset, tmp_path / "out", source="prior", model=model, shard=(0, 3), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        swap_dataset(dataset, tmp_path / "out", source="prior", seed=1, model=model, progress=False)
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("3/3")
+    with pytest.raises(ValueError, match="source must be"):
+        swap_dataset(dataset, tmp_path / "x", source="real", model=model)
