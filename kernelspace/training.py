@@ -213,7 +213,8 @@ def train(model: KernelSpaceModel, config: TrainConfig, *, progress: bool = True
     checkpoint = out / CHECKPOINT_NAME
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["model_config"] != model.config:
+        # Keys a newer version added (with their defaults) may be missing from an older checkpoint's config.
+        if any(model.config.get(key) != value for key, value in state["model_config"].items()):
             raise ValueError(
                 f"{checkpoint} was written for a model with config {state['model_config']}, not {model.config}; "
                 "use another run folder or the same model"

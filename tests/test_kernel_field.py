@@ -74,3 +74,34 @@ def test_bad_configuration():
         KernelField(psf_size=8)
     with pytest.raises(ValueError, match="cell"):
         KernelField(cell=7)
+    with pytest.raises(ValueError, match="'latent' with latent_dim > 0"):
+        KernelField(prior="latent")
+    with pytest.raises(ValueError, match="no learned kernel space"):
+        KernelField().encode_kernel(KernelField().sample_kernel(64, 64, seed=0))
+
+
+def test_latent_prior_and_kernel_space_round_trip():
+    model = KernelField(cell=32, psf_size=15, latent_dim=8, vae_width=4, prior="latent", latent_variation=0.5)
+    k = model.sample_kernel(64, 96, batch=2, seed=1)
+    assert tuple(k.shape) == (2, 15 * 15 + 1, 2, 3) and torch.equal(k, model.sample_kernel(64, 96, batch=2, seed=1))
+    psf = model.psf_field(k)
+    assert bool((psf >= 0).all()) and torch.allclose(psf.sum((-2, -1)), torch.ones(2, 2, 3), atol=1e-5)
+    assert (psf[:, 0, 0] - psf[:, -1, -1]).abs().sum() > 0  # cells vary around their image's latent
+    uniform = KernelField(cell=32, psf_size=15, latent_dim=8, vae_width=4, prior="latent", latent_variation=0.0)
+    field = uniform.psf_field(uniform.sample_kernel(64, 96, seed=1))
+    assert torch.allclose(field, field[:, :1, :1].expand_as(field))
+    z = model.encode_kernel(k)
+    assert tuple(z.shape) == (2, 8, 2, 3)
+    assert model.decode_kernel(z, 2.2).shape == k.shape
+    # A PSF of another size is centred on the model's canvas and still sums to one.
+    small = torch.zeros(1, 5, 5)
+    small[0, 1, 3] = 2.0
+    canvas = model.fit_canvas(small)
+    assert canvas.shape == (1, 15, 15) and canvas[0, 6, 8] == 1.0
+
+
+def test_a_kernel_shared_by_the_batch_blurs_like_its_copies(photo):
+    model = KernelField(cell=64, psf_size=21)
+    x = torch.from_numpy(photo[:128, :192].astype(np.float32) / 255).permute(2, 0, 1)[None].repeat(3, 1, 1, 1)
+    k = model.sample_kernel(128, 192, seed=3)
+    torch.testing.assert_close(model.apply_kernel(x, k.expand(3, -1, -1, -1)), model.apply_kernel(x, k.repeat(3, 1, 1, 1)))
