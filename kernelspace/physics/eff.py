@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .blur import fft_size, reflect_pad
+from .blur import fft_size, psf_blur, reflect_pad
 
 __all__ = ["space_varying_blur", "patch_spectra", "blur_from_spectra", "PatchSpectra"]
 
@@ -120,6 +120,9 @@ def space_varying_blur(x: torch.Tensor, psf: torch.Tensor, cell: int) -> torch.T
         >>> bool(torch.allclose(space_varying_blur(x, delta, cell=32), x, atol=1e-5))
         True
     """
+    first = psf[:, :1, :1]
+    if bool((psf == first).all()):  # a uniform field is one plain blur: one transform per channel, no windows
+        return psf_blur(x, first[0, 0, 0] if psf.shape[0] == 1 else first[:, 0, 0])
     if psf.shape[-4] * psf.shape[-3] <= WHOLE_FRAME_MAX_CELLS:
         return _whole_frame_blur(x, psf, cell)
     return blur_from_spectra(patch_spectra(x, cell, psf.shape[-1]), psf)
