@@ -32,9 +32,9 @@ def main() -> None:
     with torch.no_grad():
         coded = model.decode_kernel(model.encode_kernel(model.pack(recorded[:, None, None], torch.ones(8))), 1.0)
         rows.append(model.psf_field(coded)[:, 0, 0])
-        rows.append(model.psf_field(model.sample_kernel(128, 128, batch=8, seed=0))[:, 0, 0])
-        model.prior = "trajectory"
-        rows.append(model.psf_field(model.sample_kernel(128, 128, batch=8, seed=0))[:, 0, 0])
+        for prior in ("latent", "trajectory"):
+            model.prior = prior
+            rows.append(model.psf_field(model.sample_kernel(128, 128, batch=8, seed=0))[:, 0, 0])
     grid = torch.stack(rows)  # (4, 8, S, S): render_kernel draws a PSF field as a grid
     picture = render_kernel(grid, fill=0.9)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

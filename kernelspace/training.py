@@ -140,8 +140,13 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _model_card(model: KernelSpaceModel, config: TrainConfig, step: int, wall: float, last: dict, device) -> str:
-    hardware = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _model_card(model: KernelSpaceModel, config: TrainConfig, step: int, wall: float, last: dict, hardware: str) -> str:
     figures = ", ".join(f"{k} {v:.5g}" for k, v in last.items())
     return f"""---
 library_name: kernelspace
@@ -209,7 +214,7 @@ def train(model: KernelSpaceModel, config: TrainConfig, *, progress: bool = True
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.05 + 0.475 * (1 + math.cos(math.pi * min(s / max(config.max_steps, 1), 1.0)))
     )
-    start, elapsed = 0, 0.0
+    start, elapsed, hardware = 0, 0.0, _hardware(device)
     checkpoint = out / CHECKPOINT_NAME
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -223,6 +228,7 @@ def train(model: KernelSpaceModel, config: TrainConfig, *, progress: bool = True
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         start, elapsed = state["step"], state["elapsed"]
+        hardware = state.get("hardware", hardware)  # where the run began
     objective = _Objective(model)
     if distributed:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -230,7 +236,8 @@ def train(model: KernelSpaceModel, config: TrainConfig, *, progress: bool = True
     def save(step: int) -> None:
         if rank == 0:
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                          "step": step, "elapsed": elapsed, "model_config": model.config, "train_config": asdict(config)}, checkpoint)
+                          "step": step, "elapsed": elapsed, "hardware": hardware, "model_config": model.config,
+                          "train_config": asdict(config)}, checkpoint)
 
     sampler = _StepBatches(len(dataset), config.batch_size, config.seed, start, config.max_steps, rank, world)
     loader = DataLoader(_AtStep(dataset), batch_sampler=sampler, num_workers=config.workers,
@@ -284,7 +291,10 @@ def train(model: KernelSpaceModel, config: TrainConfig, *, progress: bool = True
         final, tmp = out / "model", out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
-        (tmp / "README.md").write_text(_model_card(model, config, step, elapsed, last, device))
+        if not last and (out / LOG_NAME).is_file():  # finishing a run whose steps were all done before
+            lines = (out / LOG_NAME).read_text().splitlines()
+            last = {k: v for k, v in json.loads(lines[-1]).items() if k not in ("step", "elapsed_s")} if lines else {}
+        (tmp / "README.md").write_text(_model_card(model, config, step, elapsed, last, hardware))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     if distributed:
