@@ -97,11 +97,14 @@ def _whole_frame_blur(x: torch.Tensor, psf: torch.Tensor, cell: int) -> torch.Te
     padded = reflect_pad(x, pad)
     wy = _frame_windows(height, gh, cell, r, ny - height - 2 * r, x.device, x.dtype)
     wx = _frame_windows(width, gw, cell, r, nx - width - 2 * r, x.device, x.dtype)
-    windows = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(gh * gw, ny, nx)
-    # One transform for all windowed copies; the PSFs' zero rows are skipped by transforming along x first.
-    spectra = torch.fft.rfft2(padded.unsqueeze(2) * windows)  # (B, C, cells, ny, nx // 2 + 1)
-    kernels = torch.fft.fft(torch.fft.rfft(psf.flatten(-4, -3), n=nx), n=ny, dim=-2).conj()  # (B, cells, ...)
-    summed = (spectra * kernels.unsqueeze(1)).sum(2)
+    # The PSFs' zero rows are skipped by transforming along x first. One windowed copy at a time: stacking them
+    # in one transform was slower (memory-bound) with two threads.
+    kernels = torch.fft.fft(torch.fft.rfft(psf, n=nx), n=ny, dim=-2).conj()
+    summed = None
+    for i in range(gh):
+        for j in range(gw):
+            term = torch.fft.rfft2(padded * (wy[i][:, None] * wx[j][None, :])) * kernels[:, i, j].unsqueeze(1)
+            summed = term if summed is None else summed.add_(term)
     # Correlating with a PSF stored from index 0 (not centred) shifts the result by r: frame row r + q lands on q.
     return torch.fft.irfft2(summed, s=(ny, nx))[..., :height, :width]
 
