@@ -53,8 +53,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report(name: str, rows: list[dict], columns: list[str]) -> Path:
-    """Print ``rows`` as a Markdown table and write them with the machine to ``results/<name>.json``."""
+def report(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:
+    """Print ``rows`` as a Markdown table and write them with the machine (and ``extra``) to ``results/<name>.json``."""
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:
@@ -62,7 +62,7 @@ def report(name: str, rows: list[dict], columns: list[str]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{name}.json"
     tmp = out.with_suffix(".json.part")
-    tmp.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    tmp.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=2))
     os.replace(tmp, out)
     print(f"\nmachine: {machine()}\nwrote {out}")
     return out

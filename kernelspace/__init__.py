@@ -18,12 +18,15 @@ from .io import load_image, save_image
 from .data import SyntheticBlur
 from .models import BKSNet, KernelField, KernelSpaceModel
 from .viz import render_kernel
+from . import deblur  # the package is callable: kernelspace.deblur(img) is kernelspace.deblur.deblur(img)
+from .deblur import BlindDeblurrer
 from .synthesis import BlurSynthesizer
 from .augment import KernelSpaceAugment
 
 __all__ = [
     "__version__",
     "BKSNet",
+    "BlindDeblurrer",
     "BlurSynthesizer",
     "KernelField",
     "KernelSpaceModel",
@@ -31,6 +34,7 @@ __all__ = [
     "ModelNotFoundError",
     "SyntheticBlur",
     "convert_checkpoint",
+    "deblur",
     "load_image",
     "load_model",
     "render_kernel",

@@ -78,6 +78,21 @@ def _swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deblur(args: argparse.Namespace) -> int:
+    from .deblur import BlindDeblurrer, deblur_files
+
+    deblurrer = BlindDeblurrer(
+        args.model, args.preset, args.device, gamma=args.gamma, tile=args.tile, psf_size=args.psf_size,
+        progress=not args.no_progress,
+    )
+    written, skipped = deblur_files(
+        args.inputs, args.out, deblurrer, save_kernel=args.save_kernel, show_kernel=args.show_kernel,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {written} image(s) to {args.out}, {skipped} already done")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelspace", description="Blur kernel spaces: extract, transfer, sample and remove blur."
@@ -138,6 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
     swap.add_argument("--no-progress", action="store_true", help="no progress bar")
     swap.set_defaults(func=_swap)
+
+    deblur = sub.add_parser(
+        "deblur", help="deblur image files and folders without knowing the blur; resumable",
+        description="Blind deblurring (see kernelspace.deblur.BlindDeblurrer): each input image is written under OUT "
+        "with its name (folders keep their layout). Finished outputs are skipped, so running again resumes; inputs "
+        "are never overwritten.",
+    )
+    deblur.add_argument("inputs", nargs="+", metavar="IN", help="image files and/or folders (searched recursively)")
+    deblur.add_argument("-o", "--out", required=True,
+                        help="output folder (or output file, for a single input file); not inside an input folder")
+    deblur.add_argument("--preset", default="fast", choices=["fast", "paper"],
+                        help="fast: PSF estimate + deconvolution (default); paper: deep image prior + kernel space (slow)")
+    deblur.add_argument("--gamma", type=float, default=1.0,
+                        help="camera response exponent to deblur in (default 1.0: the encoded values; 2.2: linear light)")
+    deblur.add_argument("--tile", type=int, default=512, help="tile side for large images (default 512)")
+    deblur.add_argument("--psf-size", type=int, default=None, help="longest blur looked for, odd (default: the model's)")
+    deblur.add_argument("--save-kernel", action="store_true", help="also write NAME.kernel.safetensors (the kernel k)")
+    deblur.add_argument("--show-kernel", action="store_true", help="also write NAME.kernel.png (the blur map)")
+    deblur.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")
+    deblur.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
+    deblur.add_argument("--no-progress", action="store_true", help="no progress bars")
+    deblur.set_defaults(func=_deblur)
     return parser
 
 

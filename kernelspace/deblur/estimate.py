@@ -1,16 +1,24 @@
-"""Blind estimation of a uniform PSF from a blurry image alone: coarse to fine, an L0 edge image, NNLS kernels.
+"""Blind estimation of a uniform PSF from a blurry image alone: coarse to fine, an L0 edge image, kernels on gradients.
 
-The classic recipe that works (Xu, Zheng & Jia 2013; Pan et al. 2014): at each scale of an image pyramid,
+The classic recipe that works (Xu, Zheng & Jia 2013; Pan et al. 2014, 2016): at each level of an image pyramid,
 alternate
 
-1. an intermediate image with an L0 prior on its gradients: piecewise flat, keeping only the strong edges,
-   which are what constrains the blur (fine texture and noise would pull the kernel towards a delta);
-2. the kernel that best turns that image into the blurry one: non-negative least squares on gradients, only on
-   the outputs the camera recorded (:func:`kernelspace.physics.kernel_estimation.estimate_psf_field`), then
-   small taps set to zero and the rest projected back to a PSF.
+1. an intermediate image with an L0 prior on its gradients, min_x ||psf (*) x - y||^2 + lambda ||grad x||_0, by
+   half-quadratic splitting: piecewise flat, keeping only the strong edges, which are what constrains the blur
+   (fine texture and noise would pull the kernel towards a delta);
+2. the kernel that best turns that image's gradients into the blurry image's: non-negative least squares with a
+   small Tikhonov weight (projected FISTA on the kernel's support, from a flat start), only on outputs whose
+   inputs the frame holds; specks (connected pieces with little mass) are then removed and the kernel is
+   re-centred on its centre of mass so that it cannot drift out of its support.
 
-The L0 weight decreases over the iterations so that finer edges join as the kernel gets better. The kernel of
-each scale, upsampled, starts the next one.
+The L0 weight decreases over the alternations so that finer edges join as the kernel gets better; the kernel of
+each level, upsampled, makes the next level's first intermediate image. At full resolution the L0 image is
+softened slightly before the kernel fits (see ``edge_softness``), and the final kernel loses its faintest taps.
+
+On the 32 real camera-shake images of Levin et al. 2009 (255 x 255, PSF side 31), followed by
+:func:`~kernelspace.deblur.nonblind.deconvolve`: 31.4 dB mean PSNR against 34.8 with the recorded kernels, error
+ratio at most 2 on 25 of 32, about 3.5 s per image on one CPU thread. It fails on images whose strongest edges are
+a periodic texture (Levin's image 4, striped clothes): the kernel then grows streaks along the stripes.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from kornia.contrib import connected_components
+from kornia.filters import gaussian_blur2d
 
-from ..physics.kernel_estimation import estimate_psf_field, project_simplex
-from .nonblind import deconvolve
+from ..physics.blur import fft_size
+from ..physics.kernel_estimation import estimate_psf_field
+from .nonblind import _grad
 
 __all__ = ["fit_psf", "estimate_psf"]
 
@@ -67,66 +78,224 @@ def fit_psf(
     return psf.mean((0, 1, 2))
 
 
-def _clean(psf: torch.Tensor, keep: float) -> torch.Tensor:
-    """Zero the taps under ``keep`` x the largest one (noise the least squares fitted) and renormalise."""
+def _periodic_canvas(y: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``y`` (1, 1, H, W) at the top left of a canvas whose extra rows/columns blend linearly from its last
+    row/column back to its first, so that the periodic FFT sees no jump at the frame's edges."""
+    h, w = y.shape[-2:]
+    for axis, n, m in ((-1, shape[1], w), (-2, shape[0], h)):
+        extra = n - m
+        if extra:
+            t = torch.arange(1, extra + 1, dtype=y.dtype, device=y.device) / (extra + 1)
+            t = t.view(-1, 1) if axis == -2 else t
+            last, first = y.narrow(axis, m - 1, 1), y.narrow(axis, 0, 1)
+            y = torch.cat([y, (1 - t) * last + t * first], axis)
+    return y
+
+
+def _spectrum(psf: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """rfft2 of the PSF placed with its centre at index 0: correlation with it = product with the conjugate."""
+    s = psf.shape[-1]
+    canvas = torch.zeros(shape, dtype=psf.dtype, device=psf.device)
+    canvas[:s, :s] = psf
+    return torch.fft.rfft2(canvas.roll((-(s // 2), -(s // 2)), (0, 1)))
+
+
+def _l0_image(y_hat: torch.Tensor, psf: torch.Tensor, weight: float, shape: tuple[int, int]) -> torch.Tensor:
+    """argmin_x ||psf (*) x - y||^2 + weight ||grad x||_0 on the periodic canvas (half-quadratic splitting).
+
+    The splitting penalty beta starts at 2 x weight and doubles up to 1e5: a gradient survives when its squared
+    magnitude reaches weight / beta, so early steps keep only the strongest edges.
+    """
+    k_hat = _spectrum(psf, shape)
+    d_hat = [_spectrum(torch.tensor(f, dtype=psf.dtype), shape) for f in ([[0, 0, 0], [0, -1, 1], [0, 0, 0]],
+                                                                          [[0, 0, 0], [0, -1, 0], [0, 1, 0]])]
+    data = k_hat * y_hat  # the adjoint of the correlation applied to y
+    k_energy = k_hat.abs().square()
+    d_energy = d_hat[0].abs().square() + d_hat[1].abs().square()
+    x = torch.fft.irfft2(y_hat, s=shape)
+    beta = 2 * weight
+    while beta < 1e5:
+        gx, gy = _grad(x)
+        keep = (gx.square() + gy.square()) >= weight / beta
+        g_hat = d_hat[0] * torch.fft.rfft2(gx * keep) + d_hat[1] * torch.fft.rfft2(gy * keep)
+        x = torch.fft.irfft2((data + beta * g_hat) / (k_energy + beta * d_energy), s=shape)
+        beta *= 2
+    return x
+
+
+def _kernel_normal_equations(
+    latent: torch.Tensor, y: torch.Tensor, size: int, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least squares problem for a (size, size) kernel, sum over both gradient directions of
+    ||mask (grad latent (*) k - grad y)||^2, reduced to kernel-sized arrays: the gradients' autocorrelation over
+    offsets [-2r, 2r]^2 (the normal matrix, Toeplitz: the mask's own shift is neglected) and their
+    cross-correlation with the blurry gradients over [-r, r]^2.
+    """
+    shape = latent.shape[-2:]
+    r = size // 2
+    auto = torch.zeros(shape, dtype=latent.dtype, device=latent.device)
+    cross = torch.zeros_like(auto)
+    for g, t in zip(_grad(latent), _grad(y)):
+        g_hat = torch.fft.rfft2(g)
+        auto += torch.fft.irfft2(torch.fft.rfft2(mask * g).conj() * g_hat, s=shape)
+        cross += torch.fft.irfft2(torch.fft.rfft2(mask * t).conj() * g_hat, s=shape)
+    auto = auto.roll((2 * r, 2 * r), (0, 1))[: 4 * r + 1, : 4 * r + 1]
+    return 0.5 * (auto + auto.flip(0, 1)), cross.roll((r, r), (0, 1))[:size, :size]
+
+
+def _nonnegative_kernel(
+    auto: torch.Tensor, cross: torch.Tensor, init: torch.Tensor, tikhonov: float, iterations: int
+) -> torch.Tensor:
+    """argmin_{k >= 0} 1/2 k' A k - cross' k + tikhonov/2 ||k||^2 by projected FISTA (A: convolution with ``auto``).
+
+    Non-negativity inside the solve matters: clamping an unconstrained solution afterwards leaves a wide, noisy
+    skirt that costs about 1.5 dB after deconvolution, even when the sharp image is known.
+    """
+    def normal(k: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(auto[None, None], k.flip(0, 1)[None, None])[0, 0] + tikhonov * k
+
+    lipschitz = torch.fft.rfft2(auto, s=[2 * n for n in auto.shape]).abs().max() + tikhonov
+    k = z = init.clone()
+    t = 1.0
+    for _ in range(iterations):
+        k_next = (z - (normal(z) - cross) / lipschitz).clamp_min(0)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z = k_next + (t - 1) / t_next * (k_next - k)
+        k, t = k_next, t_next
+    return k
+
+
+def _clean(psf: torch.Tensor, keep: float, min_mass: float) -> torch.Tensor:
+    """Zero the taps under ``keep`` x the largest one, then the 8-connected pieces holding less than ``min_mass``
+    of the total (the noise a least squares fit spreads over the support), and renormalise."""
     psf = torch.where(psf >= keep * psf.max(), psf, torch.zeros_like(psf))
+    if not psf.sum() > 0:  # also NaN: a flat image leaves the fit nothing to work with
+        raise ValueError("the kernel estimate vanished: the image has too few edges for blind estimation")
+    psf = psf / psf.sum()
+    labels = connected_components((psf > 0).to(psf.dtype)[None, None], num_iterations=psf.numel())[0, 0].long()
+    mass = torch.zeros(psf.numel() + 1, dtype=psf.dtype, device=psf.device).index_add_(0, labels.flatten(), psf.flatten())
+    psf = torch.where(mass[labels] >= min_mass, psf, torch.zeros_like(psf))
     return psf / psf.sum()
 
 
-def _resize_psf(psf: torch.Tensor, size: int) -> torch.Tensor:
-    out = F.interpolate(psf[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-    return project_simplex(out)
+def _centre(psf: torch.Tensor) -> torch.Tensor:
+    """Shift the PSF by whole pixels so that its centre of mass is at the middle (taps shifted out are dropped)."""
+    s = psf.shape[-1]
+    idx = torch.arange(s, dtype=psf.dtype, device=psf.device)
+    cy = int(round(float((psf.sum(1) * idx).sum() / psf.sum()))) - s // 2
+    cx = int(round(float((psf.sum(0) * idx).sum() / psf.sum()))) - s // 2
+    padded = F.pad(psf[None, None], (s, s, s, s))[0, 0]
+    out = padded[s + cy : 2 * s + cy, s + cx : 2 * s + cx]
+    return out / out.sum()
+
+
+def _resize_psf(psf: torch.Tensor, size: int, factor: float) -> torch.Tensor:
+    """Scale the PSF's extent by ``factor`` and crop or pad it (centred) to (size, size)."""
+    s = max(3, round(psf.shape[-1] * factor) // 2 * 2 + 1)
+    out = F.interpolate(psf[None, None], size=(s, s), mode="bicubic", align_corners=False)[0, 0].clamp_min(0)
+    pad = (size - s) // 2
+    out = F.pad(out, (pad, pad, pad, pad)) if pad >= 0 else out[-pad : s + pad, -pad : s + pad]
+    return out / out.sum()
 
 
 def estimate_psf(
     blurry: torch.Tensor,
     size: int,
     *,
-    scale_step: float = math.sqrt(2),
+    progress: Callable[[int, int], None] | None = None,
+    scale_step: float = math.sqrt(0.5),
     coarsest: int = 5,
     iterations: int = 5,
-    edge_weight: float = 4e-3,
-    min_edge_weight: float = 1e-3,
-    latent_iterations: int = 30,
-    kernel_iterations: int = 60,
+    edge_weight: float = 1e-2,
+    min_edge_weight: float = 1e-4,
+    decay: float = 1.1,
+    tikhonov: float = 2.0,
+    kernel_iterations: int = 100,
+    min_mass: float = 0.1,
     keep: float = 0.05,
-    on_step: Callable[[], None] | None = None,
+    edge_softness: float = 0.5,
 ) -> torch.Tensor:
-    """A uniform PSF (size, size) for ``blurry`` (B, C, H, W, linear light) from the image alone.
+    """A uniform PSF (size, size) for ``blurry`` from the image alone (cross-correlation convention).
 
     Args:
-        blurry: the blurry image(s); channels and batch share one PSF (their mean is used).
+        blurry: (1, 1 or 3, H, W) the blurry image in linear light, values in [0, 1]; colour is averaged to grey.
         size: the PSF's side (odd); as long as the longest blur expected, not much more.
-        scale_step: the ratio between pyramid levels.
+        progress: called as ``progress(done, total)`` after each image/kernel alternation.
+        scale_step: the ratio between pyramid levels (< 1).
         coarsest: the PSF side at the coarsest level.
         iterations: image/kernel alternations per level.
         edge_weight: the L0 weight on the intermediate image's gradients at the first alternation.
-        min_edge_weight: the floor it decreases to (by 1.1x per alternation).
-        latent_iterations: ADMM iterations of each intermediate image.
-        kernel_iterations: FISTA iterations of each kernel fit.
-        keep: taps under this fraction of the largest are zeroed.
-        on_step: called after each alternation (progress bars).
+        min_edge_weight: the floor it decreases to.
+        decay: the factor it decreases by at each alternation.
+        tikhonov: weight of the kernel's squared norm in its least squares fit (on gradient sums, not means).
+        kernel_iterations: projected FISTA iterations of each kernel fit.
+        min_mass: 8-connected pieces of the kernel with less than this share of its mass are removed.
+        keep: in the final kernel, taps under this fraction of the largest are zeroed.
+        edge_softness: the standard deviation (px) of the Gaussian the L0 image is blurred with before each kernel
+            fit at full resolution. Real edges are not steps: fitted to step edges, the kernel absorbs the edges'
+            own width and comes out thick, and deconvolution with it oversharpens (0.6 dB on Levin et al. 2009).
+
+    Returns:
+        The PSF, (size, size), non-negative and summing to one.
+
+    Raises:
+        ValueError: ``blurry`` is not (1, 1 or 3, H, W), ``size`` is not odd and at least 3, the image is smaller
+            than twice ``size`` a side, or it holds too few edges to estimate anything.
+
+    Example:
+        >>> import torch
+        >>> from kernelspace.physics.blur import psf_blur
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sharp = torch.nn.functional.interpolate(torch.rand(1, 1, 12, 12, generator=g), size=(72, 72))
+        >>> true = torch.zeros(7, 7); true[3, 1:6] = 0.2  # a horizontal motion blur, 5 px long
+        >>> psf = estimate_psf(psf_blur(sharp, true), 7)
+        >>> psf.shape, round(float(psf.sum()), 4), bool((psf[3].sum() > 0.6).item())
+        (torch.Size([7, 7]), 1.0, True)
     """
-    grey = blurry.mean((0, 1), keepdim=True)
-    levels = max(1, 1 + math.ceil(math.log(size / coarsest) / math.log(scale_step)))
-    psf = None
+    if not isinstance(blurry, torch.Tensor) or blurry.ndim != 4 or blurry.shape[:2] not in ((1, 1), (1, 3)):
+        got = tuple(blurry.shape) if isinstance(blurry, torch.Tensor) else type(blurry).__name__
+        raise ValueError(f"blurry must be a (1, 1 or 3, H, W) tensor, got {got}")
+    if size < 3 or size % 2 == 0:
+        raise ValueError(f"size must be an odd integer >= 3, got {size}")
+    if min(blurry.shape[-2:]) < 2 * size:
+        raise ValueError(f"the image ({tuple(blurry.shape[-2:])}) must be at least twice the PSF size ({size}) a side")
+    grey = blurry.mean(1, keepdim=True).double()
+    levels = max(0, math.floor(math.log(coarsest / size) / math.log(scale_step))) + 1
+    total, done = levels * iterations, 0
+    side = (2 * math.ceil(3 * edge_softness) + 1,) * 2
     weight = edge_weight
+    psf = None
     for level in reversed(range(levels)):
-        scale = scale_step**-level
-        ks = max(3, int(round(size * scale)) // 2 * 2 + 1) if level else size
-        h, w = (max(8, round(n * scale)) for n in grey.shape[-2:])
-        y = F.interpolate(grey, size=(h, w), mode="bilinear", antialias=True, align_corners=False) if level else grey
-        if psf is None:
-            psf = torch.zeros(ks, ks, dtype=grey.dtype, device=grey.device)
-            psf[ks // 2, ks // 2 - 1 : ks // 2 + 2] = 1 / 3  # a short blur: a delta would be a fixed point
-            psf = psf + psf.T
-            psf = psf / psf.sum()
+        scale = scale_step**level
+        ks = min(size, math.ceil(size * scale) // 2 * 2 + 1)
+        if level:
+            hw = [max(2 * ks, round(n * scale)) for n in grey.shape[-2:]]
+            y = F.interpolate(grey, size=hw, mode="bilinear", antialias=True, align_corners=False)
         else:
-            psf = _resize_psf(psf, ks)
+            y = grey
+        if psf is None:
+            psf = torch.zeros(ks, ks, dtype=y.dtype, device=y.device)
+            psf[ks // 2, ks // 2 - 1 : ks // 2 + 1] = 0.5  # a short blur: a delta would be a fixed point
+        else:
+            psf = _resize_psf(psf, ks, 1 / scale_step)
+        h, w = y.shape[-2:]
+        r = ks // 2
+        shape = (fft_size(h + 2 * r), fft_size(w + 2 * r))
+        y_canvas = _periodic_canvas(y, shape)[0, 0]
+        y_hat = torch.fft.rfft2(y_canvas)
+        # Outputs whose inputs all lie inside the frame (and whose gradients do not straddle its edge).
+        mask = torch.zeros(shape, dtype=y.dtype, device=y.device)
+        mask[r : h - r - 1, r : w - r - 1] = 1
         for _ in range(iterations):
-            latent = deconvolve(y, psf, weight=weight, alpha=0.0, iterations=latent_iterations, canvas=True)
-            psf = _clean(fit_psf(latent, y, ks, init=psf, iterations=kernel_iterations), keep)
-            weight = max(weight / 1.1, min_edge_weight)
-            if on_step is not None:
-                on_step()
-    return psf
+            latent = _l0_image(y_hat, psf, weight, shape)
+            if edge_softness > 0 and level == 0:
+                latent = gaussian_blur2d(latent[None, None], side, (edge_softness,) * 2, border_type="circular")[0, 0]
+            auto, cross = _kernel_normal_equations(latent, y_canvas, ks, mask)
+            # A fresh start for each fit (not the last kernel): the alternation then cannot creep.
+            flat = torch.full_like(psf, 1 / psf.numel())
+            psf = _centre(_clean(_nonnegative_kernel(auto, cross, flat, tikhonov, kernel_iterations), 0.0, min_mass))
+            weight = max(weight / decay, min_edge_weight)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return _clean(psf, keep, min_mass).to(blurry.dtype)

@@ -1,0 +1,85 @@
+"""The augmentation experiment (examples/augmentation_experiment): its network, both arms' data and training
+steps, so that the example cannot silently rot."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import DATA, need
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "augmentation_experiment"
+
+
+@pytest.fixture(scope="module")
+def run():
+    """The example's script as a module (it puts its folder on sys.path and imports ``srn`` from there)."""
+    need(DATA / "train")
+    name = "augmentation_experiment_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLE / "run.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def test_network_docstring_examples_run(run) -> None:
+    # examples/ is outside pytest's doctest paths: run srn.py's examples here.
+    assert doctest.testmod(sys.modules[run.SRNDeblur.__module__]).failed == 0
+
+
+@pytest.fixture(scope="module")
+def budget(run):
+    return replace(run.Budget(), steps=2, batch=4, crop=48, width=4, pool_size=8)
+
+
+def test_arms_differ_only_in_the_blur_and_are_reproducible(run, budget) -> None:
+    a, b = run.BlurredPhotos(budget, "a"), run.BlurredPhotos(budget, "b")
+    sharp_a, blurry_a = a.batch(3)
+    sharp_b, blurry_b = b.batch(3)
+    assert sharp_a.shape == blurry_a.shape == (4, 3, 48, 48)
+    assert torch.equal(sharp_a, sharp_b)
+    same = (blurry_a == blurry_b).flatten(1).all(1)
+    assert 0 < int(same.sum()) < 4  # seed 0, step 3: some keep kornia's blur, the others take the kernel space's
+    assert torch.equal(blurry_b, b.batch(3)[1])  # a step's batch is fixed: a resumed run sees the same data
+    assert torch.equal(blurry_b * 255, (blurry_b * 255).round())  # 8-bit quantised
+    assert not torch.equal(blurry_a, sharp_a)
+
+
+def test_network_learns_a_fixed_batch(run, budget) -> None:
+    torch.manual_seed(0)
+    net = run.SRNDeblur(width=8, blocks=1)
+    outputs = net(torch.rand(1, 3, 37, 50))
+    assert [tuple(o.shape) for o in outputs] == [(1, 3, 9, 12), (1, 3, 18, 25), (1, 3, 37, 50)]
+    sharp, blurry = run.BlurredPhotos(budget, "b").batch(0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(10):
+        loss = run.multiscale_loss(net(blurry), sharp)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_each_arm_trains_checkpoints_and_resumes(run, budget, tmp_path: Path) -> None:
+    for arm in run.ARMS:
+        net, record = run.train(budget, arm, tmp_path, save_every=1)
+        assert record["step"] == 2 and len(record["losses"]) == 2
+        assert all(torch.isfinite(torch.tensor([loss for _, loss in record["losses"]])))
+        assert (tmp_path / f"arm_{arm}.pt").exists()
+        again, resumed = run.train(budget, arm, tmp_path, save_every=1)  # finished: loaded, not retrained
+        assert resumed["train_seconds"] == record["train_seconds"]
+        assert all(torch.equal(p, q) for p, q in zip(net.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="another budget"):
+        run.train(replace(budget, steps=3), "a", tmp_path, save_every=1)
+    estimate = run.restore(net, torch.rand(1, 1, 40, 40))  # grey in, grey out
+    assert estimate.shape == (1, 1, 40, 40)
