@@ -97,11 +97,18 @@ def save_image(img: Image.Image | np.ndarray | torch.Tensor, path: str | os.Path
     os.close(fd)
     try:
         img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_float(name: str, values: np.ndarray | torch.Tensor) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,13 @@ def test_save_image_is_atomic_and_leaves_no_temp(tmp_path, photo):
     save_image(torch.from_numpy(photo[:20, :20].copy()).permute(2, 0, 1).float() / 255, path)
     assert [p.name for p in path.parent.iterdir()] == ["b.png"]
     np.testing.assert_array_equal(np.asarray(load_image(path)), photo[:20, :20])
+    # The same permissions as a file made by open(): readable by others under the usual umask.
+    mask = os.umask(0o022)
+    try:
+        save_image(photo[:4, :4], path)
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
 
 
 @pytest.mark.parametrize(
