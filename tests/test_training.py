@@ -131,3 +131,10 @@ def test_torchrun_two_processes(photos, tmp_path):
     subprocess.run(cmd, check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1  # only rank 0 writes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_trains_on_cuda(photos, tmp_path):
+    cfg = TrainConfig(str(photos), str(tmp_path), crop=32, batch_size=2, max_steps=2, device="cuda", blur=TINY_BLUR)
+    model = train(KernelField(**TINY_FIELD), cfg, progress=False)
+    assert model.device.type == "cuda" and (tmp_path / "model" / "model.safetensors").is_file()

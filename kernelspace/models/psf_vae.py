@@ -69,7 +69,9 @@ class PSFAutoencoder(nn.Module):
     def forward(self, psf: torch.Tensor, generator: torch.Generator | None = None):
         """Reparametrised pass for training: ``(decoded PSFs, KL divergence per sample)``."""
         mu, logvar = self.encode(psf)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        # Drawn where the generator lives (the trainer's are CPU generators), then moved: any device reproduces.
+        where = generator.device if generator is not None else mu.device
+        eps = torch.randn(mu.shape, generator=generator, device=where, dtype=mu.dtype).to(mu.device)
         z = mu + (0.5 * logvar).exp() * eps
         kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
         return self.decode(z), kl
