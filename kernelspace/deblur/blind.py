@@ -36,7 +36,7 @@ from ..models import KernelSpaceModel
 from ..physics.blur import reflect_pad
 from ..physics.response import from_linear, to_linear
 from .dip import deblur_by_gradient
-from .estimate import estimate_psf
+from .estimate import TooFewEdges, estimate_psf
 from .nonblind import deconvolve
 from .tiling import Tile, split_tiles, tile_window
 
@@ -281,9 +281,7 @@ class BlindDeblurrer:
 
             try:
                 psf = estimate_psf(crop, size, progress=report, **self.estimate_options)
-            except ValueError as err:
-                if "too few edges" not in str(err):
-                    raise
+            except TooFewEdges:
                 # A flat tile (sky, a wall) shows no blur to estimate, and has no detail to restore: keep it.
                 bar.update()
                 return blurry, self._psf_kernel(torch.ones(1, 1, device=blurry.device))

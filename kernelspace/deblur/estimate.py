@@ -35,7 +35,7 @@ from ..physics.blur import fft_size
 from ..physics.kernel_estimation import estimate_psf_field
 from .nonblind import _grad
 
-__all__ = ["fit_psf", "estimate_psf"]
+__all__ = ["fit_psf", "estimate_psf", "TooFewEdges"]
 
 
 def fit_psf(
@@ -165,12 +165,16 @@ def _nonnegative_kernel(
     return k
 
 
+class TooFewEdges(ValueError):
+    """The image holds too few edges for a blind kernel estimate (a flat region: sky, a wall)."""
+
+
 def _clean(psf: torch.Tensor, keep: float, min_mass: float) -> torch.Tensor:
     """Zero the taps under ``keep`` x the largest one, then the 8-connected pieces holding less than ``min_mass``
     of the total (the noise a least squares fit spreads over the support), and renormalise."""
     psf = torch.where(psf >= keep * psf.max(), psf, torch.zeros_like(psf))
     if not psf.sum() > 0:  # also NaN: a flat image leaves the fit nothing to work with
-        raise ValueError("the kernel estimate vanished: the image has too few edges for blind estimation")
+        raise TooFewEdges("the kernel estimate vanished: the image has too few edges for blind estimation")
     psf = psf / psf.sum()
     labels = connected_components((psf > 0).to(psf.dtype)[None, None], num_iterations=psf.numel())[0, 0].long()
     mass = torch.zeros(psf.numel() + 1, dtype=psf.dtype, device=psf.device).index_add_(0, labels.flatten(), psf.flatten())
