@@ -93,6 +93,12 @@ def _deblur(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(command: argparse.ArgumentParser) -> None:
+    """The options every long-running command shares: where to run, and whether to show progress."""
+    command.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernelspace", description="Blur kernel spaces: extract, transfer, sample and remove blur."
@@ -127,9 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                           ("workers", int), ("checkpoint-every", int), ("log-every", int)):
         train.add_argument(f"--{name}", type=kind_of, default=getattr(defaults, name.replace("-", "_")),
                            help=f"(default {getattr(defaults, name.replace('-', '_'))})")
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
     train.add_argument("--blur", default="{}", help="JSON keyword arguments of the SyntheticBlur used on photos")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar (the log is still written)")
+    _run_options(train)
     train.set_defaults(func=_train)
 
     swap = sub.add_parser(
@@ -150,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="side of the centre crop kernels are extracted from; 0 = whole image (default 256)")
     swap.add_argument("--link", action="store_true", help="hard-link the sharp images instead of copying them")
     swap.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")
-    swap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
-    swap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_options(swap)
     swap.set_defaults(func=_swap)
 
     deblur = sub.add_parser(
@@ -172,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--save-kernel", action="store_true", help="also write NAME.kernel.safetensors (the kernel k)")
     deblur.add_argument("--show-kernel", action="store_true", help="also write NAME.kernel.png (the blur map)")
     deblur.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")
-    deblur.add_argument("--device", default="auto", help="auto, cpu or cuda[:n] (default auto)")
-    deblur.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _run_options(deblur)
     deblur.set_defaults(func=_deblur)
     return parser
 

@@ -146,7 +146,9 @@ def _hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def _model_card(model: KernelSpaceModel, config: TrainConfig, step: int, wall: float, last: dict, hardware: str) -> str:
+def _model_card(
+    model: KernelSpaceModel, config: TrainConfig, paired: bool, step: int, wall: float, last: dict, hardware: str
+) -> str:
     figures = ", ".join(f"{k} {v:.5g}" for k, v in last.items())
     return f"""---
 library_name: kernelspace
@@ -156,7 +158,7 @@ tags: [image-deblurring, blur-kernel-space]
 
 Trained with `kernelspace train` (kernelspace, torch {torch.__version__}).
 
-- data: `{config.data}` ({'paired' if _is_paired(config) else 'clean photos + synthetic blur'}), crops {config.crop},
+- data: `{config.data}` ({'paired' if paired else 'clean photos + synthetic blur'}), crops {config.crop},
   batch {config.batch_size}
 - steps: {step}, seed {config.seed}, lr {config.lr}
 - wall time: {wall / 60:.1f} min on {hardware}
@@ -294,7 +296,7 @@ def train(model: KernelSpaceModel, config: TrainConfig, *, progress: bool = True
         if not last and (out / LOG_NAME).is_file():  # finishing a run whose steps were all done before
             lines = (out / LOG_NAME).read_text().splitlines()
             last = {k: v for k, v in json.loads(lines[-1]).items() if k not in ("step", "elapsed_s")} if lines else {}
-        (tmp / "README.md").write_text(_model_card(model, config, step, elapsed, last, hardware))
+        (tmp / "README.md").write_text(_model_card(model, config, paired, step, elapsed, last, hardware))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     if distributed:

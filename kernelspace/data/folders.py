@@ -16,11 +16,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_SUFFIXES, load_image
+from ..io import IMAGE_SUFFIXES, load_image, to_tensor
 
 __all__ = ["ImagePair", "LAYOUTS", "find_pairs", "list_images", "random_geometry", "PhotoFolder", "PairedFolder"]
 
@@ -163,8 +162,7 @@ def random_geometry(
 
 
 def _read(path: Path) -> torch.Tensor:
-    arr = np.asarray(load_image(path).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return to_tensor(load_image(path).convert("RGB"), name=str(path))[0][0]
 
 
 class _RandomViews(Dataset):

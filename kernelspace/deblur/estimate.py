@@ -33,6 +33,7 @@ from kornia.filters import gaussian_blur2d
 
 from ..physics.blur import fft_size
 from ..physics.kernel_estimation import estimate_psf_field
+from ..physics.psf import fit_canvas
 from .nonblind import _grad
 
 __all__ = ["fit_psf", "estimate_psf", "TooFewEdges"]
@@ -196,10 +197,7 @@ def _centre(psf: torch.Tensor) -> torch.Tensor:
 def _resize_psf(psf: torch.Tensor, size: int, factor: float) -> torch.Tensor:
     """Scale the PSF's extent by ``factor`` and crop or pad it (centred) to (size, size)."""
     s = max(3, round(psf.shape[-1] * factor) // 2 * 2 + 1)
-    out = F.interpolate(psf[None, None], size=(s, s), mode="bicubic", align_corners=False)[0, 0].clamp_min(0)
-    pad = (size - s) // 2
-    out = F.pad(out, (pad, pad, pad, pad)) if pad >= 0 else out[-pad : s + pad, -pad : s + pad]
-    return out / out.sum()
+    return fit_canvas(F.interpolate(psf[None, None], size=(s, s), mode="bicubic", align_corners=False)[0, 0], size)
 
 
 def estimate_psf(

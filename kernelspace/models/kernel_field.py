@@ -36,7 +36,7 @@ from ..metrics import charbonnier
 from ..physics.blur import psf_blur
 from ..physics.eff import space_varying_blur
 from ..physics.kernel_estimation import estimate_psf_field
-from ..physics.psf import rasterize_psf, shake_trajectory
+from ..physics.psf import fit_canvas, rasterize_psf, shake_trajectory
 from .base import KernelSpaceModel
 from .psf_vae import PSFAutoencoder
 
@@ -178,14 +178,7 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
 
     def fit_canvas(self, psf: torch.Tensor) -> torch.Tensor:
         """``(N, s, s)`` PSFs of any odd size -> centred on this model's ``S x S`` canvas, renormalised."""
-        s, size = psf.shape[-1], self.psf_size
-        if s > size:
-            cut = (s - size) // 2
-            psf = psf[..., cut : cut + size, cut : cut + size]
-        elif s < size:
-            psf = F.pad(psf, [(size - s) // 2] * 4)
-        psf = psf.clamp_min(0)
-        return psf / psf.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+        return fit_canvas(psf, self.psf_size)
 
     def training_loss(
         self,

@@ -9,7 +9,7 @@ from .blur import fft_size, homography_blur, psf_blur, reflect_pad
 from .camera import camera_homographies
 from .eff import space_varying_blur
 from .kernel_estimation import estimate_psf_field, project_simplex
-from .psf import psf_size_for, random_psf, rasterize_psf, shake_trajectory
+from .psf import fit_canvas, psf_size_for, random_psf, rasterize_psf, shake_trajectory
 from .response import Gamma, from_linear, to_linear
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "camera_homographies",
     "estimate_psf_field",
     "fft_size",
+    "fit_canvas",
     "from_linear",
     "homography_blur",
     "psf_blur",

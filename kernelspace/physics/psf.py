@@ -27,7 +27,7 @@ import math
 
 import torch
 
-__all__ = ["shake_trajectory", "rasterize_psf", "random_psf", "psf_size_for"]
+__all__ = ["shake_trajectory", "rasterize_psf", "random_psf", "psf_size_for", "fit_canvas"]
 
 
 def _check_extents(min_extent: float, max_extent: float, max_offset: float) -> None:
@@ -50,6 +50,27 @@ def psf_size_for(max_extent: float, max_offset: float = 0.0) -> int:
     _check_extents(0.0, max_extent, max_offset)
     # A small margin so that rounding (float32 positions) never pushes a point off the canvas.
     return 2 * math.ceil(max_extent / 2 + max_offset + 0.01) + 1
+
+
+def fit_canvas(psf: torch.Tensor, size: int) -> torch.Tensor:
+    """``(..., s, s)`` PSFs (s odd) centred on a ``size`` x ``size`` canvas (cropped or zero-padded), made
+    non-negative and renormalised to sum to one.
+
+    Example:
+        >>> import torch
+        >>> psf = torch.zeros(5, 5); psf[1, 3] = 2.0
+        >>> out = fit_canvas(psf, 9)
+        >>> tuple(out.shape), float(out[3, 5]), tuple(fit_canvas(out, 3).shape)
+        ((9, 9), 1.0, (3, 3))
+    """
+    s = psf.shape[-1]
+    if s > size:
+        cut = (s - size) // 2
+        psf = psf[..., cut : cut + size, cut : cut + size]
+    elif s < size:
+        psf = torch.nn.functional.pad(psf, [(size - s) // 2] * 4)
+    psf = psf.clamp_min(0)
+    return psf / psf.sum((-2, -1), keepdim=True).clamp_min(1e-12)
 
 
 def _rotate(v: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
