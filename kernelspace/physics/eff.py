@@ -97,14 +97,18 @@ def _whole_frame_blur(x: torch.Tensor, psf: torch.Tensor, cell: int) -> torch.Te
     padded = reflect_pad(x, pad)
     wy = _frame_windows(height, gh, cell, r, ny - height - 2 * r, x.device, x.dtype)
     wx = _frame_windows(width, gw, cell, r, nx - width - 2 * r, x.device, x.dtype)
-    # The PSFs' zero rows are skipped by transforming along x first. One windowed copy at a time: stacking them
-    # in one transform was slower (memory-bound) with two threads.
-    kernels = torch.fft.fft(torch.fft.rfft(psf, n=nx), n=ny, dim=-2).conj()
+    # The PSFs' zero rows are skipped by transforming along x first. The spectra are stored cell-major,
+    # contiguous and physically conjugated: transposed (as the FFT leaves them) or lazily conjugated operands made
+    # the products below 3x slower. One windowed copy at a time: stacking them in one transform was slower
+    # (memory-bound) with two threads.
+    kernels = torch.fft.fft(torch.fft.rfft(psf.movedim(0, 2), n=nx), n=ny, dim=-2).contiguous().conj_physical_()
     summed = None
     for i in range(gh):
         for j in range(gw):
-            term = torch.fft.rfft2(padded * (wy[i][:, None] * wx[j][None, :])) * kernels[:, i, j].unsqueeze(1)
-            summed = term if summed is None else summed.add_(term)
+            spectrum = torch.fft.rfft2(padded * (wy[i][:, None] * wx[j][None, :]))
+            kernel = kernels[i, j].unsqueeze(1)
+            # In place and fused (addcmul_): a broadcast product plus a sum cost 3.5x more here.
+            summed = spectrum.mul_(kernel) if summed is None else summed.addcmul_(spectrum, kernel)
     # Correlating with a PSF stored from index 0 (not centred) shifts the result by r: frame row r + q lands on q.
     return torch.fft.irfft2(summed, s=(ny, nx))[..., :height, :width]
 
