@@ -80,9 +80,11 @@ def _swap(args: argparse.Namespace) -> int:
 
 def _deblur(args: argparse.Namespace) -> int:
     from .deblur import BlindDeblurrer, deblur_files
+    from .deblur.blind import DEFAULT_MAX_SHARPENING
 
     deblurrer = BlindDeblurrer(
         args.model, args.preset, args.device, gamma=args.gamma, tile=args.tile, psf_size=args.psf_size,
+        max_sharpening=DEFAULT_MAX_SHARPENING if args.max_sharpening is None else args.max_sharpening or None,
         progress=not args.no_progress,
     )
     written, skipped = deblur_files(
@@ -173,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="camera response exponent to deblur in (default 1.0: the encoded values; 2.2: linear light)")
     deblur.add_argument("--tile", type=int, default=512, help="tile side for large images (default 512)")
     deblur.add_argument("--psf-size", type=int, default=None, help="longest blur looked for, odd (default: the model's)")
+    deblur.add_argument("--max-sharpening", type=float, default=None,
+                        help="keep a tile blurry when deblurring raises its total variation more than this factor "
+                        "(a wrong kernel's ringing; default: kernelspace.deblur.blind.DEFAULT_MAX_SHARPENING; 0: no "
+                        "guard)")
     deblur.add_argument("--save-kernel", action="store_true", help="also write NAME.kernel.safetensors (the kernel k)")
     deblur.add_argument("--show-kernel", action="store_true", help="also write NAME.kernel.png (the blur map)")
     deblur.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")
