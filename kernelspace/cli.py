@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--tile", type=int, default=512, help="tile side for large images (default 512)")
     deblur.add_argument("--psf-size", type=int, default=None, help="longest blur looked for, odd (default: the model's)")
     deblur.add_argument("--max-sharpening", type=float, default=None,
-                        help="keep a tile blurry when deblurring raises its total variation more than this factor "
-                        "(a wrong kernel's ringing; default: kernelspace.deblur.blind.DEFAULT_MAX_SHARPENING; 0: no "
-                        "guard)")
+                        help="re-estimate, or else keep blurry, a tile whose deblurring raises its total variation "
+                        "more than this factor (a wrong kernel's ringing; default: "
+                        "kernelspace.deblur.blind.DEFAULT_MAX_SHARPENING; 0: no guard)")
     deblur.add_argument("--save-kernel", action="store_true", help="also write NAME.kernel.safetensors (the kernel k)")
     deblur.add_argument("--show-kernel", action="store_true", help="also write NAME.kernel.png (the blur map)")
     deblur.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")

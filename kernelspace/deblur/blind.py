@@ -54,9 +54,10 @@ _WORK_SIDE = 64  # smaller images are mirrored up to this before processing
 #: three Levin 2009 images, 41 px instead of 31 cost 4.6 to 22 dB), and longer blur is rare.
 DEFAULT_PSF_SIZE = 31
 #: The fast preset's guard: a tile whose deconvolution raises its total variation more than this factor is
-#: estimated again with less support, then kept blurry if it fails again. On the evaluation sets, tiles the deconvolution improved rose by 1.3-2.1x (the sharp frames hold
-#: 1.4-2.8x the blurry ones'); every tile above 2.3x had lost 1.7-16 dB to the ringing of a wrong kernel (six
-#: GoPro tiles, one Levin image). Chosen on those same sets: a heuristic, not a validated constant.
+#: estimated again with less support, then kept blurry if it fails again. On the evaluation sets, tiles the
+#: deconvolution improved rose by 1.3-2.1x (the sharp frames hold 1.4-2.8x the blurry ones'); every tile above
+#: 2.3x had lost 1.7-16 dB to the ringing of a wrong kernel (six GoPro tiles, one Levin image). Chosen on those
+#: same sets: a heuristic, not a validated constant.
 DEFAULT_MAX_SHARPENING = 2.3
 
 
@@ -294,9 +295,9 @@ class BlindDeblurrer:
             return sharp, kernel
         linear = to_linear(blurry, self.gamma)
         if self.known_psf is not None:
+            sharp = from_linear(deconvolve(linear, self.known_psf, **self.deconvolve_options), self.gamma)
             bar.update()
-            return from_linear(deconvolve(linear, self.known_psf, **self.deconvolve_options), self.gamma), \
-                self._psf_kernel(self.known_psf)
+            return sharp, self._psf_kernel(self.known_psf)
         crop = _textured_crop(linear, self.estimate_crop)
         size = max(3, min(self.psf_size, (min(crop.shape[-2:]) // 6) | 1))
 
