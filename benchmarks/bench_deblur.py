@@ -53,13 +53,22 @@ def _recorded_kernel(kernel: int) -> torch.Tensor:
     return F.pad(psf, (0, 1 - psf.shape[1] % 2, 0, 1 - psf.shape[0] % 2))
 
 
-def levin(deblurrer: BlindDeblurrer, limit: int) -> tuple[list[dict], list[dict]]:
+def levin_images(limit: int):
+    """Levin 2009's first ``limit`` images (kernel by kernel): (image number, kernel number, sharp tensor, blurry
+    PIL image), grey."""
     root = DATA / "levin2009"
+    for kernel in range(1, 9):
+        for image in range(1, 5):
+            if limit <= 0:
+                return
+            limit -= 1
+            sharp = _tensor(Image.open(root / "gt" / f"im{image}.png").convert("L"))
+            yield image, kernel, sharp, Image.open(root / "blur" / f"im{image}_kernel{kernel}_img.png").convert("L")
+
+
+def levin(deblurrer: BlindDeblurrer, limit: int) -> tuple[list[dict], list[dict]]:
     per_image, sums = [], {}
-    pairs = [(i, k) for k in range(1, 9) for i in range(1, 5)][:limit]
-    for image, kernel in pairs:
-        sharp = _tensor(Image.open(root / "gt" / f"im{image}.png").convert("L"))
-        blurry_img = Image.open(root / "blur" / f"im{image}_kernel{kernel}_img.png").convert("L")
+    for image, kernel, sharp, blurry_img in levin_images(limit):
         blurry = _tensor(blurry_img)
         start = time.perf_counter()
         estimate = _tensor(deblurrer(blurry_img))

@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 import torch
-from bench_deblur import DATA, _recorded_kernel, _tensor
+from bench_deblur import _recorded_kernel, _tensor, levin_images
 from common import report
-from PIL import Image
 
 from kernelspace.deblur import deconvolve
 from kernelspace.deblur import estimate
@@ -47,12 +46,9 @@ def _refit(blurry: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
 
 
 def run(names: list[str], limit: int) -> tuple[list[dict], dict[str, list[dict]]]:
-    root = DATA / "levin2009"
-    pairs = [(i, k) for k in range(1, 9) for i in range(1, 5)][:limit]
     images = []
-    for image, kernel in pairs:
-        sharp = _tensor(Image.open(root / "gt" / f"im{image}.png").convert("L"))
-        blurry = _tensor(Image.open(root / "blur" / f"im{image}_kernel{kernel}_img.png").convert("L"))
+    for image, kernel, sharp, blurry_img in levin_images(limit):
+        blurry = _tensor(blurry_img)
         est, gt = aligned(deconvolve(blurry, _recorded_kernel(kernel)), sharp)
         images.append((f"im{image}_kernel{kernel}", image, sharp, blurry, (est - gt).norm().item()))
     per_variant: dict[str, list[dict]] = {}
