@@ -66,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _swap(args: argparse.Namespace) -> int:
-    from .swap import parse_shard, swap_dataset
+    from .jobs.swap import parse_shard, swap_dataset
 
     summary = swap_dataset(
         args.input, args.output, layout=args.layout, source=args.source, seed=args.seed,
@@ -79,7 +79,8 @@ def _swap(args: argparse.Namespace) -> int:
 
 
 def _deblur(args: argparse.Namespace) -> int:
-    from .deblur import BlindDeblurrer, deblur_files
+    from .deblur import BlindDeblurrer
+    from .jobs.deblur_files import deblur_files
     from .deblur.blind import DEFAULT_MAX_SHARPENING
 
     deblurrer = BlindDeblurrer(

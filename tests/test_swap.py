@@ -17,7 +17,7 @@ from PIL import Image
 from kernelspace.cli import main
 from kernelspace.data.folders import find_pairs
 from kernelspace.models import KernelField
-from kernelspace.swap import parse_shard, swap_dataset
+from kernelspace.jobs.swap import parse_shard, swap_dataset
 
 from .conftest import DATA, need
 
@@ -62,7 +62,7 @@ def cli(*args: object, hook: str = "") -> subprocess.CompletedProcess:
 # the worst moment, as a power cut would choose it.
 KILL_AFTER_THIRD_IMAGE = """
 import os, signal
-import kernelspace.swap as swap
+import kernelspace.jobs.swap as swap
 real_save, written = swap.save_image, []
 def save_then_die(image, path):
     real_save(image, path)

@@ -8,7 +8,7 @@ import sys
 import types
 from typing import Any
 
-from .blind import BlindDeblurrer, deblur, deblur_files
+from .blind import BlindDeblurrer, deblur
 from .estimate import estimate_psf, fit_psf
 from .nonblind import deconvolve, shrink_hyper_laplacian
 
@@ -23,4 +23,4 @@ class _CallablePackage(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallablePackage
 
-__all__ = ["BlindDeblurrer", "deblur", "deblur_files", "deconvolve", "estimate_psf", "fit_psf", "shrink_hyper_laplacian"]
+__all__ = ["BlindDeblurrer", "deblur", "deconvolve", "estimate_psf", "fit_psf", "shrink_hyper_laplacian"]

@@ -10,7 +10,6 @@ highlights. A small Tikhonov term keeps the problem well posed in flat regions.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .eff import blur_from_spectra, patch_spectra
 

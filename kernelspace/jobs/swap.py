@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data.folders import ImagePair, find_pairs
-from .device import DeviceLike
-from .hub import load_model
-from .io import load_image, save_image
-from .models import KernelSpaceModel
-from .synthesis import ModelLike
+from ..data.folders import ImagePair, find_pairs
+from ..device import DeviceLike
+from ..hub import load_model
+from ..io import load_image, save_image
+from ..models import KernelSpaceModel
+from ..synthesis import ModelLike
 
 __all__ = ["swap_dataset", "parse_shard", "SwapSummary", "SOURCES"]
 
