@@ -212,9 +212,10 @@ def _sixteen_bit_colour(img: Image.Image) -> str | None:
     rawmode = _tile_rawmode(img)
     if img.format == "PNG" and rawmode in ("RGB;16B", "RGBA;16B", "LA;16B"):
         return "png"
-    if img.format == "PPM" and img.mode == "RGB" and img.tile[0][0] == "ppm" and img.tile[0][3][1] > 255:
+    maxval = img.tile[0][3][1] if img.format == "PPM" and isinstance(img.tile[0][3], tuple) else 0
+    if img.mode == "RGB" and maxval > 255 and img.tile[0][0] == "ppm":  # binary P6 (not plain-text P3)
         return "ppm"
-    if img.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode:
+    if img.mode in ("RGB", "RGBA") and (maxval > 255 or isinstance(rawmode, str) and ";16" in rawmode):
         raise ValueError(f"16-bit colour {img.format} files are not supported (PIL reads them at 8 bits); "
                          "convert the file to a 16-bit PNG")
     return None
@@ -229,9 +230,10 @@ def _read_sixteen_bit_colour(fp: IO[bytes], path: Path, img: Image.Image, kind: 
         maxval = img.tile[0][3][1]
         fp.seek(img.tile[0][2])
         count = img.width * img.height * 3
-        samples = np.frombuffer(fp.read(2 * count), ">u2", count).reshape(img.height, img.width, 3)
-        if samples.size != count:
-            raise ValueError("the file is truncated")
+        data = fp.read(2 * count)
+        if len(data) < 2 * count:
+            raise ValueError(f"the file is truncated: {len(data)} bytes of pixels, {2 * count} expected")
+        samples = np.frombuffer(data, ">u2").reshape(img.height, img.width, 3)
         wide = samples.astype(np.uint16) if maxval == 65535 else np.round(
             np.minimum(samples, maxval) * (65535 / maxval)).astype(np.uint16)
         return wide  # PPM holds no EXIF: nothing to turn
@@ -360,11 +362,15 @@ def _pixels_to_write(img: Image.Image | np.ndarray | torch.Tensor, path: Path) -
             if t.shape[0] != 1:
                 raise ValueError(f"save_image writes one image; got a batch of {t.shape[0]}")
             t = t[0]
+        if t.is_floating_point():
+            t = t.float()  # numpy has no bfloat16; 8-bit output needs no more than float32
         if t.ndim != 3:
             raise ValueError(f"cannot write {path}: a tensor image is CxHxW or 1xCxHxW, got shape {tuple(t.shape)}")
         img = t.permute(1, 2, 0).numpy()
-    if isinstance(img, Image.Image):
+    if isinstance(img, Image.Image) and img.mode != "F":
         return img
+    if isinstance(img, Image.Image):  # float pixels: written like a float array
+        img = np.asarray(img)
     if not isinstance(img, np.ndarray):
         raise TypeError(f"cannot write {path}: unsupported type {type(img).__name__}; "
                         "save_image takes a PIL image, a numpy array or a tensor")
@@ -389,12 +395,15 @@ def _upright_exif(exif: bytes | Image.Exif | None) -> bytes | None:
     """The EXIF to write, with its orientation set to 1: the pixels have already been turned upright."""
     if not exif:
         return None
-    if not isinstance(exif, Image.Exif):
-        exif_bytes, exif = exif, Image.Exif()
-        exif.load(exif_bytes)
-    if exif.get(_ORIENTATION, 1) != 1:
-        exif[_ORIENTATION] = 1
-    return exif.tobytes()
+    if isinstance(exif, bytes) and not exif.startswith(b"Exif\0\0"):
+        exif = b"Exif\0\0" + exif  # the APP1 header JPEG needs (a PNG eXIf chunk stores the data without it)
+    parsed = exif if isinstance(exif, Image.Exif) else Image.Exif()
+    if parsed is not exif:
+        parsed.load(exif)
+    if parsed.get(_ORIENTATION, 1) == 1 and isinstance(exif, bytes):
+        return exif  # nothing to change: the bytes as they came, maker notes and all
+    parsed[_ORIENTATION] = 1
+    return parsed.tobytes()
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -175,6 +175,39 @@ def test_16bit_colour_is_written_as_16bit_png(tmp_path, photo16, channels):
     np.testing.assert_array_equal(load_image(ppm), photo16)
 
 
+def test_16bit_ppm_is_read_at_16_bits(tmp_path, photo16):
+    twelve_bit = photo16 >> 4  # a raw converter's 12-bit output: maxval 4095, scaled to the full 16-bit range
+    path = tmp_path / "raw.ppm"
+    path.write_bytes(b"P6\n64 48\n4095\n" + twelve_bit.astype(">u2").tobytes())
+    np.testing.assert_array_equal(load_image(path), np.round(twelve_bit * (65535 / 4095)).astype(np.uint16))
+    plain = tmp_path / "plain.ppm"
+    plain.write_bytes(b"P3\n2 1\n4095\n0 0 0 4095 4095 4095\n")
+    with pytest.raises(ValueError, match="16-bit colour PPM files are not supported"):
+        load_image(plain)
+
+
+def _tiff16(path: Path, pixels: np.ndarray) -> Path:
+    """An uncompressed 16-bit RGB TIFF, written byte by byte (Pillow cannot write one)."""
+    height, width, _ = pixels.shape
+    data = pixels.astype("<u2").tobytes()
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, 134), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, 140), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    ifd = b"".join(struct.pack("<HHII" if kind == 4 or count > 1 else "<HHIHxx", tag, kind, count, value)
+                   for tag, kind, count, value in tags)
+    # header (8 bytes), 10 entries (2 + 120 + 4 bytes), bits per sample at 134, pixels at 140
+    path.write_bytes(b"II*\0" + struct.pack("<IH", 8, len(tags)) + ifd + bytes(4) + struct.pack("<3H", 16, 16, 16)
+                     + data)
+    return path
+
+
+def test_16bit_colour_tiff_is_refused_not_cut_to_8_bits(tmp_path, photo16):
+    path = _tiff16(tmp_path / "deep.tif", photo16)
+    with Image.open(path) as check:  # a valid file: Pillow reads it, at 8 bits
+        np.testing.assert_array_equal(np.asarray(check), (photo16 >> 8).astype(np.uint8))
+    with pytest.raises(ValueError, match="16-bit colour TIFF files are not supported.*convert the file to a 16-bit PNG"):
+        load_image(path)
+
+
 def test_16bit_round_trip_through_tensors(tmp_path, photo16):
     path = save_image(photo16, tmp_path / "deep.png")
     t, spec = to_tensor(path)
@@ -207,6 +240,15 @@ def test_save_refuses_unknown_suffixes(tmp_path, photo, name):
     with pytest.raises(ValueError, match=r"unknown image suffix .*accepted: \.png, \.jpg"):
         save_image(photo[:4, :4], tmp_path / name)
     assert not list(tmp_path.iterdir())
+
+
+def test_save_writes_float_pil_images_and_half_tensors_as_8_bit(tmp_path, photo):
+    grey = photo[:8, :8, 0]
+    float_image = Image.fromarray(grey.astype(np.float32) / 255)  # what from_tensor gives for a mode F input
+    np.testing.assert_array_equal(np.asarray(load_image(save_image(float_image, tmp_path / "f.png"))), grey)
+    half = torch.from_numpy(photo[:8, :8] / 255).permute(2, 0, 1).to(torch.bfloat16)
+    saved = np.asarray(load_image(save_image(half, tmp_path / "h.png"))).astype(int)
+    assert np.abs(saved - photo[:8, :8]).max() <= 1  # bfloat16 holds 8 significant bits
 
 
 def test_save_refuses_what_the_format_cannot_hold(tmp_path, photo):
