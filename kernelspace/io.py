@@ -222,9 +222,12 @@ def _sixteen_bit_colour(img: Image.Image) -> str | None:
 
 
 def _read_sixteen_bit_colour(fp: IO[bytes], path: Path, img: Image.Image, kind: str) -> np.ndarray:
-    """The uint16 pixels, upright (as ``ImageOps.exif_transpose`` turns them). PNG: Pillow's decoder (inflate, unfiltering, interlacing) run with unpackers
-    that keep the bytes it would drop: the high bytes as usual, the low ones by reading the big-endian samples
-    as little-endian; grey + alpha rows (4 bytes a pixel) come out whole as RGBA."""
+    """The uint16 pixels, upright (as ``ImageOps.exif_transpose`` turns them).
+
+    PNG: Pillow's own decoder (inflate, unfiltering, interlacing) is run with unpackers that keep the bytes it
+    would drop: the high bytes as usual, the low ones by reading the big-endian samples as little-endian; grey +
+    alpha rows (4 bytes a pixel) come out whole as RGBA.
+    """
     if kind == "ppm":
         # Raw P6 data: big-endian samples right after the header, scaled to the file's maximum value.
         maxval = img.tile[0][3][1]
@@ -413,7 +416,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _encode_png16(pixels: np.ndarray, exif: bytes | None, icc_profile: bytes | None) -> bytes:
     """A 16-bit RGB or RGBA PNG file (PIL has no such mode), its rows filtered as libpng would."""
     height, width, channels = pixels.shape
-    rows = pixels.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
+    rows = np.ascontiguousarray(pixels, ">u2").view(np.uint8).reshape(height, width * channels * 2)
     header = struct.pack(">IIBBBBB", width, height, 16, 2 if channels == 3 else 6, 0, 0, 0)
     chunks = [_png_chunk(b"IHDR", header)]
     if icc_profile:
