@@ -3,14 +3,13 @@ tv_tensors kept, (sharp, blurry) pairs cropped alike, labels/boxes/masks untouch
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kernelspace import KernelSpaceAugment
-from kernelspace.models import KernelField
 
+from ..test_augment import crops, small_model  # noqa: F401 - crops is a fixture: eight crops of a real photo
 from .conftest import library
 
 library("torchvision")
@@ -18,17 +17,6 @@ from torchvision import tv_tensors  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from kernelspace.integrations.torchvision import KernelSpaceBlur  # noqa: E402
-
-
-def small_model() -> KernelField:
-    return KernelField(cell=32, psf_size=9, iterations=30)
-
-
-@pytest.fixture(scope="module")
-def crops(photo: np.ndarray) -> torch.Tensor:
-    """Eight different 48x64 crops of a real photo, (8, 3, 48, 64) float in [0, 1]."""
-    x = torch.tensor(photo).permute(2, 0, 1).float() / 255
-    return torch.stack([x[:, 30 * i : 30 * i + 48, 20 * i : 20 * i + 64] for i in range(8)])
 
 
 def test_augment_in_compose_keeps_tv_images_per_sample_and_batched(crops: torch.Tensor) -> None:
