@@ -22,12 +22,11 @@ import argparse
 import os
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import torch
 from common import report, seconds_per_call
 from PIL import Image
-
-import albumentations as A
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 

@@ -147,9 +147,10 @@ class KernelSpaceGenerator(dinv.physics.generator.PhysicsGenerator):
                 )
             self.pool = None
         else:
-            if not isinstance(kernels, torch.Tensor) or kernels.ndim != 4 or kernels.shape[1] != self.model.kernel_channels:
+            channels = self.model.kernel_channels
+            if not isinstance(kernels, torch.Tensor) or kernels.ndim != 4 or kernels.shape[1] != channels:
                 raise ValueError(
-                    f"kernels must be a (N, {self.model.kernel_channels}, h, w) tensor of latent kernels, "
+                    f"kernels must be a (N, {channels}, h, w) tensor of latent kernels, "
                     f"got {tuple(kernels.shape) if isinstance(kernels, torch.Tensor) else type(kernels).__name__}"
                 )
             self.pool = self.model.resize_kernel(kernels.detach().to(self.model.device), *self.img_size)

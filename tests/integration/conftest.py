@@ -16,6 +16,8 @@ from types import ModuleType
 
 import pytest
 
+from ..test_augment import crops  # noqa: F401 - the fixture (eight crops of a real photo), for these tests too
+
 REQUIRED = os.environ.get("KERNELSPACE_REQUIRE_INTEGRATIONS") == "1"
 LIBRARIES = ("torchvision", "albumentations", "deepinv")
 MISSING = [name for name in LIBRARIES if importlib.util.find_spec(name) is None]

@@ -65,7 +65,8 @@ def test_forward_is_the_models_blur_with_the_kernel_as_parameter(model, sharp: t
 
 def test_noise_model_is_pluggable(model, sharp: torch.Tensor) -> None:
     k = KernelSpaceGenerator(model, img_size=(SIDE, SIDE)).step(1, seed=2)["kernel"]
-    physics = KernelSpacePhysics(model, kernel=k, noise_model=dinv.physics.GaussianNoise(sigma=0.05, rng=torch.Generator().manual_seed(0)))
+    gaussian = dinv.physics.GaussianNoise(sigma=0.05, rng=torch.Generator().manual_seed(0))
+    physics = KernelSpacePhysics(model, kernel=k, noise_model=gaussian)
     noise = physics(sharp) - physics.A(sharp)
     assert abs(float(noise.std()) - 0.05) < 0.005 and abs(float(noise.mean())) < 0.005
     physics.set_noise_model(dinv.physics.PoissonNoise(gain=1 / 50))

@@ -17,13 +17,13 @@ PAGES = {"torchvision.md": "torchvision", "albumentations.md": "albumentations",
 
 
 def python_blocks(page: Path) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
 
 
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_page_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     library(PAGES[page])
-    photo = sorted(need(DATA / "train" / "cbsd68").iterdir())[0]
+    photo = min(need(DATA / "train" / "cbsd68").iterdir())
     shutil.copyfile(photo, tmp_path / "photo.png")
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks(DOCS / page)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kernelspace import KernelSpaceAugment
 
-from ..test_augment import crops, small_model  # noqa: F401 - crops is a fixture: eight crops of a real photo
+from ..test_augment import small_model
 from .conftest import library
 
 library("torchvision")
