@@ -23,6 +23,8 @@ LIBRARIES = ("torchvision", "albumentations", "deepinv")
 MISSING = [name for name in LIBRARIES if importlib.util.find_spec(name) is None]
 HOW = "run them in the integration environment with `bash .ci/run --integrations` (README, 'Integrations')"
 HERE = Path(__file__).resolve().parent
+# These tests, and the doctests of the integration modules (their examples need the libraries too).
+MARKED = (HERE, HERE.parents[1] / "kernelspace" / "integrations")
 
 
 def library(name: str) -> ModuleType:
@@ -34,7 +36,7 @@ def library(name: str) -> ModuleType:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if HERE in Path(item.path).resolve().parents:
+        if any(folder in Path(item.path).resolve().parents for folder in MARKED):
             item.add_marker(pytest.mark.integration)
 
 
