@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-__all__ = ["atomic_write", "save_tensors", "sync_folder", "temporary_name"]
+__all__ = ["atomic_write", "save_tensors", "safetensors_chunks", "sync_folder", "temporary_name"]
 
 
 def temporary_name(path: Path) -> Path:
@@ -77,9 +77,15 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         >>> one == save_tensors(path, {"a": torch.ones(2)}, {"y": "2", "x": "1"}).read_bytes()
         True
     """
+    return atomic_write(path, *safetensors_chunks(tensors, metadata))
+
+
+def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> tuple[bytes, ...]:
+    """The bytes of a safetensors file of ``tensors``, in pieces to write one after the other (see
+    :func:`save_tensors`; pieces, so that a large file is not copied once more to join them)."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     data = safetensors_bytes(cpu, metadata=metadata)
     size = int.from_bytes(data[:8], "little")
     header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format pads the header with spaces to a multiple of 8 bytes
-    return atomic_write(path, len(header).to_bytes(8, "little"), header, memoryview(data)[8 + size :])
+    return len(header).to_bytes(8, "little"), header, memoryview(data)[8 + size :]

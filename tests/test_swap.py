@@ -58,18 +58,18 @@ def cli(*args: object, hook: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-# Kill the process right after the third synthetic image is in place, before its manifest line is written:
+# Kill the process right after the third synthetic image is listed in the manifest, before it is moved into place:
 # the worst moment, as a power cut would choose it.
-KILL_AFTER_THIRD_IMAGE = """
+KILL_AFTER_THIRD_LINE = """
 import os, signal
 import kernelspace.jobs.swap as swap
-real_save, written = swap.save_image, []
-def save_then_die(image, path):
-    real_save(image, path)
-    written.append(path)
+real_append, written = swap.append_line, []
+def append_then_die(log, entry):
+    real_append(log, entry)
+    written.append(entry)
     if len(written) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-swap.save_image = save_then_die
+swap.append_line = append_then_die
 """
 
 
@@ -78,11 +78,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, model_dir
     options = ["--model", model_dir, "--pairs", "2", "--seed", "7", "--no-progress", "--device", "cpu"]
     full = cli("swap", dataset, tmp_path / "full", *options)
     assert full.returncode == 0, full.stderr
-    killed = cli("swap", dataset, tmp_path / "resumed", *options, hook=KILL_AFTER_THIRD_IMAGE)
+    killed = cli("swap", dataset, tmp_path / "resumed", *options, hook=KILL_AFTER_THIRD_LINE)
     assert killed.returncode == -9
     lines = (tmp_path / "resumed" / "swap_manifest.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # the third image is on disk but not yet recorded
-    # What a kill in the middle of a write leaves: a temporary file beside an unfinished output.
+    assert len(lines) == 3 and not (tmp_path / "resumed" / json.loads(lines[2])["output"]).exists()
+    # What a kill leaves: the run's temporary files, and (from earlier versions) a part file beside an output.
+    assert list((tmp_path / "resumed" / ".kernelspace-tmp").rglob("*.png"))
     (tmp_path / "resumed" / "GOPR0001_00" / "blur" / ".000002.png.k1ll3d.part").write_bytes(b"half an image")
     resumed = cli("swap", dataset, tmp_path / "resumed", *options)
     assert resumed.returncode == 0, resumed.stderr
