@@ -10,8 +10,8 @@ mix or overwrite what they did not write.
 - **Private temporary files**: a run writes each file into its own ``OUT/.kernelspace-tmp/`` folder under a
   unique name and renames it into place, so runs never touch each other's half-written files; what a killed
   run left there is removed when the next run starts, and the folder is removed on success.
-- **Manifests** (:func:`read_manifest`, :func:`append_line`): JSON lines, each fsynced, a line cut short by a
-  kill dropped on the next start.
+- **Manifests** (:func:`read_manifest`, :func:`append_line`, :func:`compact_manifest`): JSON lines, each
+  fsynced, a line cut short by a kill dropped on the next start, one line per output once it is in place.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, BinaryIO
 
@@ -40,8 +41,8 @@ except ImportError:  # Windows: an exclusive lock file stands in (see _Lock)
     fcntl = None
 
 __all__ = [
-    "OutputFolder", "FolderInUse", "read_manifest", "append_line", "rewrite_manifest", "file_sha256",
-    "model_fingerprint", "LOCK_NAME", "TEMP_NAME",
+    "OutputFolder", "FolderInUse", "read_manifest", "append_line", "rewrite_manifest", "recorded_files",
+    "compact_manifest", "file_sha256", "model_fingerprint", "LOCK_NAME", "TEMP_NAME",
 ]
 
 LOCK_NAME = ".kernelspace.lock"
@@ -313,6 +314,31 @@ def append_line(log: BinaryIO, entry: dict) -> None:
 def rewrite_manifest(folder: OutputFolder, path: Path, entries: list[dict]) -> None:
     """Replace the manifest ``path`` by ``entries`` atomically (e.g. without the lines later ones replaced)."""
     folder.write(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode())
+
+
+def recorded_files(entries: list[dict], files_of: Callable[[dict], dict[str, str]]) -> dict[str, set[str]]:
+    """Every version of every file the manifest ``entries`` say the job wrote: relative path -> SHA-256s.
+    ``files_of(entry)`` gives an entry's files (relative path -> SHA-256)."""
+    recorded: dict[str, set[str]] = {}
+    for entry in entries:
+        for rel, digest in files_of(entry).items():
+            recorded.setdefault(rel, set()).add(digest)
+    return recorded
+
+
+def compact_manifest(folder: OutputFolder, manifest: Path, files_of: Callable[[dict], dict[str, str]]) -> None:
+    """One line per output: an output written again (redone) keeps only its last line, once the files in the
+    folder are that line's (until then the older lines still vouch for the files there)."""
+    entries = read_manifest(manifest, repair=False)
+    last = {e["output"]: e for e in entries}
+    if len(last) == len(entries):
+        return
+
+    def on_disk(entry: dict) -> bool:
+        return all((folder.root / r).is_file() and file_sha256(folder.root / r) == h for r, h in files_of(entry).items())
+
+    settled = {rel for rel, e in last.items() if on_disk(e)}
+    rewrite_manifest(folder, manifest, [e for e in entries if e["output"] not in settled or last[e["output"]] is e])
 
 
 def file_sha256(path: Path) -> str:

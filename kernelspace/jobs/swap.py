@@ -41,7 +41,9 @@ from ..hub import load_model
 from ..io import load_image, save_image
 from ..models import KernelSpaceModel
 from ..synthesis import ModelLike
-from .outputs import OutputFolder, append_line, file_sha256, model_fingerprint, read_manifest, rewrite_manifest
+from .outputs import (
+    OutputFolder, append_line, compact_manifest, file_sha256, model_fingerprint, read_manifest, recorded_files,
+)
 
 __all__ = ["swap_dataset", "parse_shard", "SwapSummary", "SOURCES"]
 
@@ -112,18 +114,15 @@ def _place_copy(folder: OutputFolder, src: Path, dst: Path, link: bool) -> None:
     folder.place(tmp, dst)
 
 
-def _compact(folder: OutputFolder, manifest: Path, entries: list[dict]) -> None:
-    """One line per output in this run's manifest: an output redone (its input changed, or a kill came between
-    its line and its placing) keeps only its last line."""
-    last = {e["output"]: e for e in entries}
-    if len(last) < len(entries):
-        rewrite_manifest(folder, manifest, [e for e in entries if last[e["output"]] is e])
+def _files_of(entry: dict) -> dict[str, str]:
+    """The file a manifest entry says was written: relative path -> SHA-256."""
+    return {entry["output"]: entry.get("output_sha256", "")}
 
 
-def _check_not_foreign(root: Path, rel: Any, sha256: str | None, what: str) -> None:
-    """Refuse to replace ``root / rel`` when it exists with other bytes than ``sha256`` (what this job wrote)."""
+def _check_not_foreign(root: Path, rel: Any, sha256: set[str], what: str) -> None:
+    """Refuse to replace ``root / rel`` when it exists with bytes other than ``sha256`` (what this job wrote)."""
     path = root / rel
-    if (path.exists() or path.is_symlink()) and (sha256 is None or not path.is_file() or file_sha256(path) != sha256):
+    if (path.exists() or path.is_symlink()) and (not path.is_file() or file_sha256(path) not in sha256):
         raise ValueError(
             f"{path} exists and is not {what}; kernelspace swap only replaces files it wrote: "
             "move it away or choose another output folder"
@@ -244,18 +243,17 @@ def swap_dataset(
     mine = [p for i, p in enumerate(all_pairs) if i % shard_count == shard_index]
     failed: list[tuple[str, str]] = []
     with OutputFolder(output_root, shard=(shard_index, shard_count)) as folder:
-        latest: dict[str, dict] = {}  # output -> its last entry, over every shard's manifest
+        entries = []  # over every shard's manifest
         for path in sorted(output_root.glob(f"{_MANIFEST}*.jsonl")):
-            entries = read_manifest(folder.confine(path), repair=path == manifest)
-            for entry in entries:
-                if entry.get("settings") != settings:
-                    raise ValueError(
-                        f"{output_root} holds outputs made with other settings ({entry.get('settings')}); "
-                        "give the same options to resume, or use a new output folder"
-                    )
-                latest[entry["output"]] = entry
-            if path == manifest:
-                _compact(folder, manifest, entries)
+            entries += read_manifest(folder.confine(path), repair=path == manifest)
+        for entry in entries:
+            if entry.get("settings") != settings:
+                raise ValueError(
+                    f"{output_root} holds outputs made with other settings ({entry.get('settings')}); "
+                    "give the same options to resume, or use a new output folder"
+                )
+        latest = {e["output"]: e for e in entries}
+        recorded = recorded_files(entries, _files_of)
         todo, sharp_hashes = [], {}
         for pair in mine:
             sharp_hashes[pair.key] = file_sha256(pair.sharp)
@@ -265,8 +263,9 @@ def swap_dataset(
                     and file_sha256(out) == entry.get("output_sha256"):
                 continue
             # What is there may be replaced only if this job wrote it: a copy of the sharp input, a listed output.
-            _check_not_foreign(output_root, pair.sharp_rel, sharp_hashes[pair.key], f"a copy of {pair.sharp}")
-            _check_not_foreign(output_root, pair.blurry_rel, entry and entry.get("output_sha256"), "an output listed in a manifest")
+            _check_not_foreign(output_root, pair.sharp_rel, {sharp_hashes[pair.key]}, f"a copy of {pair.sharp}")
+            _check_not_foreign(output_root, pair.blurry_rel, recorded.get(str(pair.blurry_rel), set()),
+                               "an output listed in a manifest")
             todo.append(pair)
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="swap", unit="img", disable=not progress)
         with open(folder.confine(manifest), "ab") as log:
@@ -297,7 +296,7 @@ def swap_dataset(
                 folder.place(tmp, pair.blurry_rel)
                 bar.update(1)
         bar.close()
-        _compact(folder, manifest, read_manifest(manifest, repair=False))
+        compact_manifest(folder, manifest, _files_of)
     written = len(todo) - len(failed)
     return SwapSummary(layout, len(mine), written, len(mine) - len(todo), manifest, len(chosen), failed)
 
