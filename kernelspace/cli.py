@@ -254,6 +254,7 @@ _OS_ADVICE = {
     errno.EROFS: "the file system is read-only: choose a folder you can write to",
     errno.EACCES: "permission denied: choose a folder you can write to, or fix its permissions",
     errno.EPERM: "not permitted: choose a folder you can write to, or fix its permissions",
+    errno.EFBIG: "the file is larger than this process may write (see ulimit -f) or the file system allows",
     errno.EISDIR: "a folder is where a file was expected: give a file",
     errno.ENOTDIR: "a file is where a folder was expected: give a folder",
 }

@@ -24,15 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..data.folders import list_images
 from ..deblur import BlindDeblurrer
 from ..files import safetensors_chunks
-from ..io import IMAGE_SUFFIXES, load_image, save_image
+from ..io import IMAGE_SUFFIXES, load_image
 from .outputs import (
-    OutputFolder, append_line, compact_manifest, file_sha256, model_fingerprint, read_manifest, recorded_files,
+    OutputFolder, append_line, compact_manifest, file_sha256, model_fingerprint, naming, read_manifest,
+    recorded_files,
 )
 
 __all__ = ["deblur_files", "plan_outputs", "deblurrer_settings", "DeblurSummary", "MANIFEST_NAME"]
@@ -197,6 +199,7 @@ def deblur_files(
     Example:
         >>> import tempfile, pathlib, numpy as np
         >>> from kernelspace import KernelField
+        >>> from kernelspace.io import save_image
         >>> d = pathlib.Path(tempfile.mkdtemp())
         >>> _ = save_image((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8), d / "in" / "a.png")
         >>> deblurrer = BlindDeblurrer(KernelField(cell=64, psf_size=9), progress=False)
@@ -262,7 +265,7 @@ def deblur_files(
                     blurry = load_image(src)
                     store = _TileStore(folder, name) if max(blurry.size) > deblurrer.tile else None
                     sharp, kernel = deblurrer(blurry, return_kernel=True, tiles=store)
-                except ValueError as err:
+                except (ValueError, Image.DecompressionBombError) as err:
                     if not skip_errors:
                         raise ValueError(f"{src}: {err}") from None
                     failed.append((str(src), str(err)))
@@ -272,13 +275,13 @@ def deblur_files(
                 if save_kernel:
                     temps[kernel_file] = folder.temp_path(kernel_file.name)
                     metadata = {"architecture": deblurrer.model.architecture}
-                    with open(temps[kernel_file], "wb") as f:
+                    with naming(kernel_file), open(temps[kernel_file], "wb") as f:
                         for chunk in safetensors_chunks({"kernel": kernel}, metadata):
                             f.write(chunk)
                 if show_kernel:
-                    temps[kernel_picture] = save_image(render_kernel(kernel, deblurrer.model, image=blurry),
-                                                       folder.temp_path(kernel_picture.name))
-                temps[dst] = save_image(sharp, folder.temp_path(dst.name))  # the image last
+                    temps[kernel_picture] = folder.save_image(render_kernel(kernel, deblurrer.model, image=blurry),
+                                                              kernel_picture)
+                temps[dst] = folder.save_image(sharp, dst)  # the image last
                 hashes = {p.relative_to(root).as_posix(): file_sha256(t) for p, t in temps.items()}
                 append_line(log, {
                     "output": rel, "input": str(src), "input_sha256": source_hash, "output_sha256": hashes.pop(rel),

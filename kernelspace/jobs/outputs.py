@@ -26,7 +26,8 @@ import socket
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO
 
@@ -42,7 +43,7 @@ except ImportError:  # Windows: an exclusive lock file stands in (see _Lock)
 
 __all__ = [
     "OutputFolder", "FolderInUse", "read_manifest", "append_line", "rewrite_manifest", "recorded_files",
-    "compact_manifest", "file_sha256", "model_fingerprint", "LOCK_NAME", "TEMP_NAME",
+    "compact_manifest", "file_sha256", "model_fingerprint", "naming", "LOCK_NAME", "TEMP_NAME",
 ]
 
 LOCK_NAME = ".kernelspace.lock"
@@ -269,21 +270,33 @@ class OutputFolder:
         """Write ``chunks`` to ``dst`` through this run's temporary folder."""
         dst = self.confine(dst)
         tmp = self.temp_path(dst.name)
-        with open(tmp, "wb") as f:
+        with naming(dst), open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
         return self.place(tmp, dst)
 
-    def save_image(self, image: Any, dst: str | os.PathLike) -> Path:
-        """:func:`kernelspace.io.save_image` to ``dst`` through this run's temporary folder."""
-        dst = self.confine(dst)
-        return self.place(save_image(image, self.temp_path(dst.name)), dst)
+    def save_image(self, image: Any, dst: Path) -> Path:
+        """:func:`kernelspace.io.save_image` into this run's temporary folder, for ``dst``: returns the
+        temporary file, to :meth:`place` once it is recorded."""
+        with naming(self.confine(dst)):
+            return save_image(image, self.temp_path(dst.name))
 
     def remove_legacy_parts(self, dst: Path) -> None:
         """Delete the ``.NAME.*.part`` files that runs of earlier versions left beside ``dst`` when killed."""
         if dst.parent.is_dir():
             for part in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):
                 self.confine(part).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give an operating-system error that names no file (a full disk while PIL writes) the file meant."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename or err.errno is None:
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from err
 
 
 # -- manifests ---------------------------------------------------------------------------------------------------

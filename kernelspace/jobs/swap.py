@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.folders import ImagePair, find_pairs
 from ..device import DeviceLike
 from ..hub import load_model
-from ..io import load_image, save_image
+from ..io import load_image
 from ..models import KernelSpaceModel
 from ..synthesis import ModelLike
 from .outputs import (
@@ -262,7 +263,10 @@ def swap_dataset(
             if entry and entry.get("sharp_sha256") == sharp_hashes[pair.key] and out.is_file() \
                     and file_sha256(out) == entry.get("output_sha256"):
                 continue
-            # What is there may be replaced only if this job wrote it: a copy of the sharp input, a listed output.
+            # Inside the output folder once links are resolved, and what is there may be replaced only if this job
+            # wrote it: a copy of the sharp input, a listed output.
+            for rel in (pair.sharp_rel, pair.blurry_rel):
+                folder.confine(rel)
             _check_not_foreign(output_root, pair.sharp_rel, {sharp_hashes[pair.key]}, f"a copy of {pair.sharp}")
             _check_not_foreign(output_root, pair.blurry_rel, recorded.get(str(pair.blurry_rel), set()),
                                "an output listed in a manifest")
@@ -277,14 +281,14 @@ def swap_dataset(
                     origin = kernels.origin(pair, source, seed)
                     kernel, origin = kernels.kernel(origin, sharp.height, sharp.width)
                     blurry = net.apply_kernel(sharp, kernel)
-                except ValueError as err:
+                except (ValueError, Image.DecompressionBombError) as err:
                     if not skip_errors:
                         raise
                     failed.append((str(pair.sharp), str(err)))
                     bar.update(1)
                     continue
                 _place_copy(folder, pair.sharp, folder.confine(pair.sharp_rel), link)
-                tmp = save_image(blurry, folder.temp_path(Path(pair.blurry_rel).name))
+                tmp = folder.save_image(blurry, folder.confine(pair.blurry_rel))
                 entry = {
                     "output": str(pair.blurry_rel), "sharp": str(pair.sharp_rel), "key": pair.key, "kernel": origin,
                     "settings": settings, "model_source": model_source, "sharp_sha256": sharp_hashes[pair.key],
