@@ -80,7 +80,9 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     return atomic_write(path, *safetensors_chunks(tensors, metadata))
 
 
-def safetensors_chunks(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> tuple[bytes, ...]:
+def safetensors_chunks(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> tuple[bytes | memoryview, ...]:
     """The bytes of a safetensors file of ``tensors``, in pieces to write one after the other (see
     :func:`save_tensors`; pieces, so that a large file is not copied once more to join them)."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}

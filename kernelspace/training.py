@@ -9,7 +9,7 @@ Every step's data is a function of ``(seed, step)`` only, and the run folder hol
 optimiser, schedule, step), so a run that is killed resumes where its last checkpoint left it by running the
 same command again. Ctrl-C lets the step under way finish and checkpoints it before stopping, so a resumed run
 ends with the weights of an uninterrupted one. A resumed run must have the settings of its checkpoint
-(:data:`RESUME_SETTINGS`; ``overwrite=True`` starts again instead). Several GPUs: launch with ``torchrun
+(``RESUME_SETTINGS``; ``overwrite=True`` starts again instead). Several GPUs: launch with ``torchrun
 --nproc-per-node N``; each process takes its share of every batch and gradients are averaged by
 :class:`~torch.nn.parallel.DistributedDataParallel`.
 
@@ -180,7 +180,9 @@ def _checkpoint_meta(path: Path) -> dict[str, Any]:
                          "the run again, or use a new run folder") from None
 
 
-def _checkpoint_chunks(model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> tuple:
+def _checkpoint_chunks(
+    model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> tuple[bytes | memoryview, ...]:
     """A checkpoint file's bytes: tensors (weights, optimiser moments) in safetensors, the rest as JSON."""
     tensors = {f"model/{name}": t for name, t in model.state_dict().items()}
     saved = optimizer.state_dict()
@@ -212,7 +214,7 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 
 def _settings(config: TrainConfig, paired: bool) -> dict[str, Any]:
-    """The :data:`RESUME_SETTINGS` of a run, as they read back from a checkpoint."""
+    """The ``RESUME_SETTINGS`` of a run, as they read back from a checkpoint."""
     values = {**asdict(config), "data": str(Path(config.data).resolve()), "paired": paired}
     return json.loads(json.dumps({key: values[key] for key in RESUME_SETTINGS}))
 
@@ -529,7 +531,7 @@ def model_for_run(
 ) -> KernelSpaceModel:
     """The model a run trains: the one its checkpoint was made for when ``out`` has one (resuming; refused when
     ``model`` or ``model_config`` ask for another), else a new model of architecture ``model`` built with
-    :data:`TRAINING_DEFAULTS` and ``model_config`` (initialised from ``seed``), else the model
+    ``TRAINING_DEFAULTS`` and ``model_config`` (initialised from ``seed``), else the model
     ``load_model(model)`` loads (fine-tuning). ``overwrite``: the checkpoint is ignored (the run starts again).
 
     Example:

@@ -74,7 +74,10 @@ def test_an_image_and_its_kernel_picture_name_are_refused_together(inputs, model
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "would both be written to" in err and "a.kernel.png" in err
     assert not (tmp_path / "out").exists() and hashes(inputs) == before
-    assert main(deblur(inputs, "-o", tmp_path / "out", model=model_dir)) == 0  # without kernel pictures: no collision
+    assert main(deblur(inputs, "-o", tmp_path / "out", "--save-kernel", model=model_dir)) == 0  # no picture: no collision
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "out" / "a.kernel.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # before: 0600
 
 
 def test_done_means_the_same_settings_and_input(inputs, model_dir, tmp_path, capsys):

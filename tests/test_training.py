@@ -272,3 +272,13 @@ def test_trains_on_cuda(photos, tmp_path):
     cfg = TrainConfig(str(photos), str(tmp_path), crop=32, batch_size=2, max_steps=2, device="cuda", blur=TINY_BLUR)
     model = train(KernelField(**TINY_FIELD), cfg, progress=False)
     assert model.device.type == "cuda" and (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_a_run_folder_in_use_is_refused_with_the_holders_pid(photos, tmp_path, capsys):
+    from kernelspace.jobs.outputs import OutputFolder
+
+    with OutputFolder(tmp_path / "run"):  # another run holds the folder
+        assert main(["train", str(photos), str(tmp_path / "run"), "--max-steps", "1", "--crop", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"in use by another kernelspace run (pid {os.getpid()} " in err
+    assert not (tmp_path / "run").exists()  # nothing was written, and the holder's folder is gone with it

@@ -126,7 +126,7 @@ class OutputFolder:
     """The output folder of one run, locked while the run lasts (a context manager; see the module).
 
     Args:
-        root: the folder; created if missing (:attr:`created` says whether this run made it).
+        root: the folder; created if missing (``created`` says whether this run made it).
         shard: ``(i, n)`` for a shard of a job that splits its outputs into ``n`` disjoint parts: such runs
             share the folder, one per shard; ``None`` (or ``(0, 1)``): the run holds the folder alone.
 
@@ -154,9 +154,8 @@ class OutputFolder:
 
     # -- holding the folder ------------------------------------------------------------------------------------
     def __enter__(self) -> OutputFolder:
-        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
-            raise ValueError(f"the output {self.root} is {'a symbolic link' if self.root.is_symlink() else 'a file'}; "
-                             "give a folder (a new one, or one an earlier run wrote)")
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"the output {self.root} is a file; give a folder (a new one, or one an earlier run wrote)")
         self.created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         self._resolved = self.root.resolve()

@@ -198,7 +198,7 @@ def swap_dataset(
 
     Returns:
         A :class:`SwapSummary`. A dataset with fewer than ``pairs`` pairs uses all of them as sources (a
-        warning says so; the manifest and :attr:`SwapSummary.sources` give the number used).
+        warning says so; the manifest and ``SwapSummary.sources`` give the number used).
 
     Example:
         >>> import tempfile, pathlib, numpy as np
