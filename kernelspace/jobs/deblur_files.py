@@ -261,6 +261,8 @@ def deblur_files(
         written = 0
         with open(manifest, "ab") as log:
             for src, dst, rel, wanted, source_hash, name in tqdm(todo, unit="file", desc="files", disable=not progress):
+                for path in wanted.values():
+                    folder.remove_legacy_parts(path)
                 try:
                     blurry = load_image(src)
                     store = _TileStore(folder, name) if max(blurry.size) > deblurrer.tile else None
