@@ -16,3 +16,15 @@ def wait_then_load(path):
     return real(path)
 job.load_image = wait_then_load
 """
+
+
+def release(process, signals) -> tuple[str, str]:
+    """Let a process paused by :func:`pause_before_reading` go on and wait for it (killed if it does not end),
+    so that a failing test leaves no process behind; returns its (stdout, stderr)."""
+    (signals / "GO").touch()
+    try:
+        return process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

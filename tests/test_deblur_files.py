@@ -21,7 +21,7 @@ from kernelspace.cli import main
 from kernelspace.models import KernelField
 
 from .conftest import DATA, need
-from .hooks import pause_before_reading
+from .hooks import pause_before_reading, release
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,14 +187,15 @@ def test_a_second_run_on_the_same_output_refuses_with_the_holders_pid(inputs, mo
     out = tmp_path / "out"
     first = subprocess.Popen(child(*deblur(inputs, "-o", out, model=model_dir), tmp_path, hook=WAIT_FOR_GO),
                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "STARTED").exists() and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.02)
-    assert first.poll() is None, first.communicate()
-    second = subprocess.run(child(*deblur(inputs, "-o", out, model=model_dir)), env=ENV, capture_output=True,
-                            text=True, timeout=300)
-    (tmp_path / "GO").touch()
-    _, first_err = first.communicate(timeout=300)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "STARTED").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before it held the folder"
+        second = subprocess.run(child(*deblur(inputs, "-o", out, model=model_dir)), env=ENV, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        _, first_err = release(first, tmp_path)
     assert second.returncode == 2 and second.stderr.count("\n") == 1
     assert f"is in use by another kernelspace run (pid {first.pid} " in second.stderr
     assert first.returncode == 0, first_err

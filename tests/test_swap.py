@@ -20,7 +20,7 @@ from kernelspace.models import KernelField
 from kernelspace.jobs.swap import parse_shard, swap_dataset
 
 from .conftest import DATA, need
-from .hooks import pause_before_reading
+from .hooks import pause_before_reading, release
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,14 +196,15 @@ def test_a_second_run_on_the_same_output_refuses_with_the_holders_pid(dataset: P
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, "-c", code, "swap", str(dataset), str(tmp_path / "out"), *map(str, options),
                               str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "STARTED").exists() and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.02)
-    assert first.poll() is None, first.communicate()
-    second = cli("swap", dataset, tmp_path / "out", *options)
-    sharded = cli("swap", dataset, tmp_path / "out", "--shard", "1/3", *options)
-    (tmp_path / "GO").touch()
-    out, err = first.communicate(timeout=300)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "STARTED").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before it held the folder"
+        second = cli("swap", dataset, tmp_path / "out", *options)
+        sharded = cli("swap", dataset, tmp_path / "out", "--shard", "1/3", *options)
+    finally:
+        out, err = release(first, tmp_path)
     for refused in (second, sharded):
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert f"is in use by another kernelspace run (pid {first.pid} " in refused.stderr

@@ -124,7 +124,12 @@ def test_ctrl_c_checkpoints_the_last_finished_step_and_resumes_exactly(photos, u
     out = tmp_path / "interrupted"
     proc = _start_and_wait_for_checkpoint(photos, out, "--log-every", "1")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # no process left behind if the run ignored Ctrl-C
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130 and "run the same command again to resume" in err, err
     assert not (out / "model").exists(), "the run finished before it could be interrupted"
     # The checkpoint claims the step the log last recorded: a finished step, not the one under way.
