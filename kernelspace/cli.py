@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from . import __version__
+from .io import DEFAULT_JPEG_QUALITY
 from .hub import DEFAULT_MODEL_DIR, ModelNotFoundError, convert_checkpoint
 from .jobs.outputs import FolderInUse
 from .models import ARCHITECTURES
@@ -107,7 +108,8 @@ def _swap(args: argparse.Namespace) -> int:
     summary = swap_dataset(
         args.input, args.output, layout=args.layout, source=args.source, seed=args.seed,
         shard=parse_shard(args.shard), model=args.model, device=args.device, pairs=args.pairs,
-        extract_crop=args.extract_crop, link=args.link, skip_errors=args.skip_errors, progress=_progress(args),
+        extract_crop=args.extract_crop, link=args.link, skip_errors=args.skip_errors, jpeg_quality=args.jpeg_quality,
+        progress=_progress(args),
     )
     sources = f", blur from {summary.sources} source pair(s)" if args.source != "prior" else ""
     print(f"{summary.layout} layout: wrote {summary.written}, {summary.skipped} already done, "
@@ -127,7 +129,7 @@ def _deblur(args: argparse.Namespace) -> int:
     )
     summary = deblur_files(
         args.inputs, args.out, deblurrer, save_kernel=args.save_kernel, show_kernel=args.show_kernel,
-        overwrite=args.overwrite, skip_errors=args.skip_errors, progress=_progress(args),
+        overwrite=args.overwrite, skip_errors=args.skip_errors, jpeg_quality=args.jpeg_quality, progress=_progress(args),
     )
     print(f"wrote {summary.written} image(s) to {args.out}, {summary.skipped} already done")
     return _report_failures("deblur", summary.failed)
@@ -145,6 +147,14 @@ def _folder_job_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--skip-errors", action=argparse.BooleanOptionalAction, default=True,
                          help="go on past an input that cannot be read or processed, list the failures at the end "
                          "and exit with status 1 (default); --no-skip-errors stops at the first")
+    command.add_argument("--jpeg-quality", type=_jpeg_quality, default=DEFAULT_JPEG_QUALITY, metavar="Q",
+                         help=f"quality of JPEG and WebP outputs, 1-100 (default {DEFAULT_JPEG_QUALITY})")
+
+
+def _jpeg_quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

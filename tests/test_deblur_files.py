@@ -5,6 +5,7 @@ and logs without escape codes."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -210,3 +211,33 @@ def test_progress_bars_leave_no_escape_codes_in_a_log_file(inputs, model_dir, tm
     text = (tmp_path / "log.txt").read_text()
     assert run.returncode == 0, text
     assert "\x1b" not in text and "\r" not in text and "wrote 2 image(s)" in text
+
+
+def test_phone_photos_and_16_bit_files_come_out_upright_at_their_depth(tmp_path, crop, model_dir):
+    """A portrait JPEG (EXIF orientation 6) comes out upright with its EXIF, at the asked JPEG quality; a 16-bit
+    colour PNG comes out as 16-bit PNG."""
+    root = tmp_path / "in"
+    root.mkdir()
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "kernelspace-test"  # orientation: rotate 90 degrees clockwise; make
+    Image.fromarray(crop[:48, :64]).save(root / "phone.jpg", quality=95, exif=exif)  # stored landscape
+    deep = (crop[60:108, :64].astype(np.uint16) * 257 + np.arange(64, dtype=np.uint16)[None, :, None])
+    from kernelspace.io import save_image
+
+    save_image(deep, root / "deep.png")
+    before = hashes(root)
+    assert main(deblur(root, "-o", tmp_path / "out", "--jpeg-quality", "80", model=model_dir)) == 0
+    with Image.open(tmp_path / "out" / "phone.jpg") as out:
+        assert out.size == (48, 64)  # upright: portrait
+        assert out.getexif().get(0x0112, 1) == 1 and out.getexif()[0x010F] == "kernelspace-test"
+        reference = io.BytesIO()
+        Image.fromarray(crop[:64, :48]).save(reference, format="JPEG", quality=80)
+        assert out.quantization == Image.open(reference).quantization  # written at quality 80, not 95
+    from kernelspace.io import load_image
+
+    result = load_image(tmp_path / "out" / "deep.png")
+    assert isinstance(result, np.ndarray) and result.dtype == np.uint16 and result.shape == (48, 64, 3)
+    assert len(np.unique(result)) > 256  # more levels than 8 bits hold
+    entries = [json.loads(line) for line in (tmp_path / "out" / "deblur_manifest.jsonl").read_text().splitlines()]
+    assert {e["settings"]["jpeg_quality"] for e in entries} == {80}
+    assert hashes(root) == before

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..data.folders import list_images
 from ..deblur import BlindDeblurrer
 from ..files import safetensors_chunks
-from ..io import IMAGE_SUFFIXES, load_image
+from ..io import DEFAULT_JPEG_QUALITY, IMAGE_SUFFIXES, image_metadata, load_image, to_tensor
 from .outputs import (
     OutputFolder, append_line, compact_manifest, file_sha256, model_fingerprint, naming, read_manifest,
     recorded_files,
@@ -176,6 +176,7 @@ def deblur_files(
     show_kernel: bool = False,
     overwrite: bool = False,
     skip_errors: bool = True,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     progress: bool = True,
 ) -> DeblurSummary:
     """Deblur image files and folders into ``out`` (see :func:`plan_outputs` and the module); resumable.
@@ -191,6 +192,8 @@ def deblur_files(
             are refused). Files the job did not write are never replaced.
         skip_errors: a file that cannot be read or deblurred is listed in ``failed`` and the job goes on;
             ``False`` stops at the first one.
+        jpeg_quality: quality of JPEG (and WebP) outputs, 1-100. Outputs keep their input's EXIF (upright) and
+            ICC profile where the format holds them.
         progress: a progress bar over the files.
 
     Returns:
@@ -216,7 +219,7 @@ def deblur_files(
     jobs = plan_outputs(inputs, out, save_kernel=save_kernel, show_kernel=show_kernel)
     out = Path(out)
     root = out.parent if _single([Path(p) for p in inputs], out) else out
-    settings = deblurrer_settings(deblurrer)
+    settings = {**deblurrer_settings(deblurrer), "jpeg_quality": jpeg_quality}
     failed: list[tuple[str, str]] = []
     with OutputFolder(root) as folder:
         manifest = folder.confine(root / MANIFEST_NAME)
@@ -265,7 +268,7 @@ def deblur_files(
                     folder.remove_legacy_parts(path)
                 try:
                     blurry = load_image(src)
-                    store = _TileStore(folder, name) if max(blurry.size) > deblurrer.tile else None
+                    store = _TileStore(folder, name) if max(to_tensor(blurry)[0].shape[-2:]) > deblurrer.tile else None
                     sharp, kernel = deblurrer(blurry, return_kernel=True, tiles=store)
                 except (ValueError, Image.DecompressionBombError) as err:
                     if not skip_errors:
@@ -283,7 +286,10 @@ def deblur_files(
                 if show_kernel:
                     temps[kernel_picture] = folder.save_image(render_kernel(kernel, deblurrer.model, image=blurry),
                                                               kernel_picture)
-                temps[dst] = folder.save_image(sharp, dst)  # the image last
+                meta = image_metadata(src)
+                temps[dst] = folder.save_image(  # the image last
+                    sharp, dst, quality=jpeg_quality, exif=meta.exif, icc_profile=meta.icc_profile
+                )
                 hashes = {p.relative_to(root).as_posix(): file_sha256(t) for p, t in temps.items()}
                 append_line(log, {
                     "output": rel, "input": str(src), "input_sha256": source_hash, "output_sha256": hashes.pop(rel),

@@ -274,11 +274,11 @@ class OutputFolder:
                 f.write(chunk)
         return self.place(tmp, dst)
 
-    def save_image(self, image: Any, dst: Path) -> Path:
-        """:func:`kernelspace.io.save_image` into this run's temporary folder, for ``dst``: returns the
-        temporary file, to :meth:`place` once it is recorded."""
+    def save_image(self, image: Any, dst: Path, **options: Any) -> Path:
+        """:func:`kernelspace.io.save_image` (with its keyword ``options``) into this run's temporary folder, for
+        ``dst``: returns the temporary file, to :meth:`place` once it is recorded."""
         with naming(self.confine(dst)):
-            return save_image(image, self.temp_path(dst.name))
+            return save_image(image, self.temp_path(dst.name), **options)
 
     def remove_legacy_parts(self, dst: Path) -> None:
         """Delete the ``.NAME.*.part`` files that runs of earlier versions left beside ``dst`` when killed."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 from ..data.folders import ImagePair, find_pairs
 from ..device import DeviceLike
 from ..hub import load_model
-from ..io import load_image
+from ..io import DEFAULT_JPEG_QUALITY, load_image, to_tensor
 from ..models import KernelSpaceModel
 from ..synthesis import ModelLike
 from .outputs import (
@@ -97,10 +98,12 @@ def _check_folders(input_root: Path, output_root: Path) -> None:
 
 
 def _centre_crop(image: Any, side: int) -> tuple[Any, list[int]]:
-    width, height = image.size
+    array = isinstance(image, np.ndarray)  # 16-bit colour files load as arrays, the rest as PIL images
+    height, width = image.shape[:2] if array else image.size[::-1]
     h, w = (height, width) if side <= 0 else (min(side, height), min(side, width))
     top, left = (height - h) // 2, (width - w) // 2
-    return image.crop((left, top, left + w, top + h)), [top, left, h, w]
+    crop = image[top : top + h, left : left + w] if array else image.crop((left, top, left + w, top + h))
+    return crop, [top, left, h, w]
 
 
 def _place_copy(folder: OutputFolder, src: Path, dst: Path, link: bool) -> None:
@@ -175,6 +178,7 @@ def swap_dataset(
     extract_crop: int = 256,
     link: bool = False,
     skip_errors: bool = True,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     progress: bool = True,
 ) -> SwapSummary:
     """Write a blur-swapped copy of the paired dataset at ``input_root`` to ``output_root``; resumable.
@@ -194,6 +198,7 @@ def swap_dataset(
         link: hard-link the sharp images instead of copying them (falls back to a copy where links fail).
         skip_errors: a pair whose image cannot be read or blurred is reported in ``failed`` and the run goes
             on; ``False`` stops at the first one.
+        jpeg_quality: quality of JPEG (and WebP) blurry outputs, 1-100.
         progress: show a progress bar.
 
     Returns:
@@ -232,7 +237,7 @@ def swap_dataset(
     # and the source pairs by their bytes.
     settings = {
         "layout": layout, "source": source, "seed": seed, "pairs": len(chosen), "extract_crop": extract_crop,
-        "model": {"architecture": net.architecture, "fingerprint": model_fingerprint(net)},
+        "jpeg_quality": jpeg_quality, "model": {"architecture": net.architecture, "fingerprint": model_fingerprint(net)},
     }
     if source != "prior":
         settings["sources"] = {p.key: hashlib.sha256((file_sha256(p.sharp) + file_sha256(p.blurry)).encode()).hexdigest()[:16]
@@ -279,7 +284,7 @@ def swap_dataset(
                 try:
                     sharp = load_image(pair.sharp)
                     origin = kernels.origin(pair, source, seed)
-                    kernel, origin = kernels.kernel(origin, sharp.height, sharp.width)
+                    kernel, origin = kernels.kernel(origin, *to_tensor(sharp)[0].shape[-2:])
                     blurry = net.apply_kernel(sharp, kernel)
                 except (ValueError, Image.DecompressionBombError) as err:
                     if not skip_errors:
@@ -288,7 +293,7 @@ def swap_dataset(
                     bar.update(1)
                     continue
                 _place_copy(folder, pair.sharp, folder.confine(pair.sharp_rel), link)
-                tmp = folder.save_image(blurry, folder.confine(pair.blurry_rel))
+                tmp = folder.save_image(blurry, folder.confine(pair.blurry_rel), quality=jpeg_quality)
                 entry = {
                     "output": str(pair.blurry_rel), "sharp": str(pair.sharp_rel), "key": pair.key, "kernel": origin,
                     "settings": settings, "model_source": model_source, "sharp_sha256": sharp_hashes[pair.key],
