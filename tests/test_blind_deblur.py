@@ -211,3 +211,27 @@ def test_cli_never_overwrites_inputs_and_resumes(tmp_path, gopro_crop, capsys):
     assert "overwrite an input" in capsys.readouterr().err
     assert main(["deblur", str(inp / "a.png"), "-o", str(inp / "a.png")]) == 2
     assert {p: p.read_bytes() for p in inp.rglob("*.png")} == originals
+
+
+def test_a_tile_without_edges_borrows_its_neighbours_psf(levin):
+    # Real camera shake on the left, a clipped-white sky on the right: the sky tile has no edge to estimate a blur
+    # from, so it takes the PSF of the nearest tile that has one, and no tile is left blurry.
+    _, blurry, _ = levin
+    image = np.full((255, 640), 230, np.uint8)
+    image[:, :255] = blurry
+    deblurrer = BlindDeblurrer(gamma=1.0, tile=256, overlap=32, progress=False)
+    out, kernel = deblurrer(image, return_kernel=True)
+    photo, sky = deblurrer.tile_reports[0], deblurrer.tile_reports[-1]
+    assert sky["left"] >= 255 and sky["status"] == "borrowed", deblurrer.tile_reports
+    assert photo["status"] == "estimated" and sky["blur_length"] == photo["blur_length"] > 1
+    np.testing.assert_allclose(out[:, 520:], 230, atol=1)  # the sky stays flat
+    assert torch.equal(kernel[0, :, :, 0], kernel[0, :, :, -1])  # the photo's PSF at both ends
+
+
+def test_an_image_without_edges_stays_as_it_was_and_says_so():
+    flat = np.full((96, 96), 128, np.uint8)
+    deblurrer = BlindDeblurrer(progress=False)
+    with pytest.warns(UserWarning, match="kept their blurry pixels"):
+        out = deblurrer(flat)
+    np.testing.assert_array_equal(out, flat)
+    assert [r["status"] for r in deblurrer.tile_reports] == ["kept blurry"]

@@ -17,8 +17,9 @@ memory stays bounded and blur that varies across the image is handled locally.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,12 +32,12 @@ from ..models import KernelSpaceModel
 from ..physics.blur import reflect_pad
 from ..physics.response import from_linear, to_linear
 from .dip import deblur_by_gradient, hyper_laplacian
-from .estimate import TooFewEdges, estimate_psf
+from .estimate import TooFewEdges, estimate_psf, find_psf, psf_extent, textured_crop
 from .nonblind import deconvolve
 from .tiling import Tile, split_tiles, tile_window
 
 __all__ = [
-    "BlindDeblurrer", "deblur", "PRESETS", "MIN_SIDE", "DEFAULT_PSF_SIZE", "DEFAULT_MAX_SHARPENING",
+    "BlindDeblurrer", "deblur", "TileResult", "PRESETS", "MIN_SIDE", "DEFAULT_PSF_SIZE", "DEFAULT_MAX_SHARPENING",
 ]
 
 #: The presets :class:`BlindDeblurrer` knows.
@@ -73,15 +74,19 @@ def _total_variation(image: torch.Tensor) -> float:
     return float(hyper_laplacian(image, alpha=1.0, eps=0.0))
 
 
-def _textured_crop(image: torch.Tensor, side: int) -> torch.Tensor:
-    """The ``side`` x ``side`` window (of 3 x 3 candidates) with the most gradient: edges are what reveal blur."""
-    h, w = image.shape[-2:]
-    ch, cw = min(side, h), min(side, w)
-    grey = image.mean(1, keepdim=True)
-    energy = (grey[..., 1:, :-1] - grey[..., :-1, :-1]).abs() + (grey[..., :-1, 1:] - grey[..., :-1, :-1]).abs()
-    candidates = [(round(i * (h - ch) / 2), round(j * (w - cw) / 2)) for i in range(3) for j in range(3)]
-    top, left = max(candidates, key=lambda c: energy[..., c[0] : c[0] + ch - 1, c[1] : c[1] + cw - 1].sum().item())
-    return image[..., top : top + ch, left : left + cw]
+class TileResult(NamedTuple):
+    """One tile's outcome (also what ``BlindDeblurrer(...)(image, tiles=store)`` keeps per finished tile).
+
+    ``status`` is ``"estimated"`` (its own PSF), ``"known"`` (the user's PSF), ``"borrowed"`` (its own estimate
+    was rejected or it had too few edges, and the nearest estimated tile's PSF passed the guard on it), or
+    ``"kept blurry"`` (nothing passed: its pixels are the blurry ones). ``psf`` is the PSF it was deconvolved
+    with (1 x 1 when none); the gradient path's tiles have a latent kernel and a 1 x 1 ``psf``.
+    """
+
+    restored: torch.Tensor
+    kernel: torch.Tensor
+    psf: torch.Tensor
+    status: str
 
 
 class BlindDeblurrer:
@@ -98,9 +103,11 @@ class BlindDeblurrer:
             response, for blur that happened in linear light before the camera encoded it.
         kernel: a known PSF (2-D, cross-correlation convention): non-blind mode, no estimation; every tile is
             deconvolved with it (needs a model with PSFs, such as KernelField).
-        psf_size: the longest blur (pixels, odd) the fast preset looks for; ``None``: ``DEFAULT_PSF_SIZE`` (31),
-            or the model's PSF size if smaller. Too large a size degrades the estimate; small images (crops) use
-            a smaller one (a sixth of their side at most).
+        psf_size: ``None`` (default): the fast preset finds each tile's blur length, up to a third of the tile's
+            shorter side (:func:`~kernelspace.deblur.estimate.find_psf`: ``DEFAULT_PSF_SIZE`` px first, longer only
+            when the blur fills that); an odd number: the PSF support to use, no search. Too large a support
+            degrades the estimate. Small images (crops) use less (a sixth of their side at most). The size found
+            per tile is in ``tile_reports`` after each call.
         tile: tile side for large images; images up to this size are one tile.
         overlap: pixels that neighbouring tiles share (blended with raised-cosine windows).
         estimate_crop: the fast preset estimates each tile's PSF on its most textured crop of this side. Tiles
@@ -108,8 +115,9 @@ class BlindDeblurrer:
         max_sharpening: the fast preset's guard against a wrong kernel estimate: when a tile's deconvolved total
             variation (mean absolute difference of neighbouring pixels) exceeds this many times the blurry tile's
             (that much new detail is ringing, not restored edges), its PSF is estimated once more with a quarter
-            less support; if that fails too, the tile is kept as it was (its kernel: no blur). ``None`` turns the
-            guard off. Not applied to a known ``kernel``.
+            less support; if that fails too, the tile borrows the PSF of the nearest tile that has its own (guarded
+            the same way), or else keeps its blurry pixels, with a warning (its kernel: no blur). ``None`` turns
+            the guard off. Not applied to a known ``kernel``.
         iterations: gradient steps per tile; ``None``: 5000 for ``"paper"`` (as in the paper), 300 for the fast
             preset's gradient path (models without PSFs).
         x_warmup: ``"paper"``: steps fitting the image prior to the blurry tile first.
@@ -179,7 +187,7 @@ class BlindDeblurrer:
                 "kernels are latent codes"
             )
         self.preset, self.gamma = preset, float(gamma)
-        self.psf_size = psf_size or min(DEFAULT_PSF_SIZE, getattr(self.model, "psf_size", DEFAULT_PSF_SIZE))
+        self.psf_size = psf_size
         self.tile, self.overlap, self.estimate_crop = tile, overlap, estimate_crop
         self.max_sharpening = max_sharpening
         self.gradient = preset == "paper" or not self.has_psfs
@@ -195,13 +203,17 @@ class BlindDeblurrer:
         image: ImageLike,
         *,
         return_kernel: bool = False,
-        tiles: MutableMapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        tiles: MutableMapping[int, TileResult] | None = None,
     ) -> Any:
         """Deblur ``image`` (any kind :func:`kernelspace.io.to_tensor` accepts; a batch image by image).
 
-        ``tiles`` (one image only) holds finished tiles by index, ``(restored, kernel)``: those found in it are
+        ``tiles`` (one image only) holds finished tiles by index (:class:`TileResult`): those found in it are
         not computed again and each newly finished tile is put in it, so a store that keeps them on disk lets a
         large image resume tile by tile (see :mod:`kernelspace.jobs.deblur_files`).
+
+        After the call, ``tile_reports`` lists each tile of the last image: its place, ``status`` (see
+        :class:`TileResult`) and ``blur_length``, the side holding 98% of its PSF's mass
+        (:func:`~kernelspace.deblur.estimate.psf_extent`; 1: no blur).
 
         Returns:
             The sharp image in the same kind, dtype, layout and channel count as ``image``; with
@@ -233,7 +245,7 @@ class BlindDeblurrer:
 
     # -- one image -------------------------------------------------------------------------------------------
     def _deblur_one(
-        self, blurry: torch.Tensor, done: MutableMapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self, blurry: torch.Tensor, done: MutableMapping[int, TileResult] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = blurry.shape[-2:]
         # Tiny images are mirrored up to a workable size (and cropped back at the end).
@@ -253,22 +265,71 @@ class BlindDeblurrer:
         centre_x = torch.tensor([min(int((j + 0.5) * cell), width - 1) + left for j in range(grid[1])])
         best = torch.full(grid, -1.0)
         kernel = None
+        results: dict[int, TileResult] = {}
         with tqdm(total=total, unit=unit, desc="deblurring", disable=not self.progress, leave=False) as bar:
             for index, tile in enumerate(tiles):
                 rows, cols = tile.region
                 if done is not None and index in done:
-                    restored, tile_kernel = (t.to(work.device) for t in done[index])
+                    restored, tile_kernel, psf, status = done[index]
+                    results[index] = TileResult(restored.to(work.device), tile_kernel.to(work.device), psf, status)
                     bar.update(total // len(tiles))
                 else:
-                    restored, tile_kernel = self._deblur_tile(work[..., rows, cols], bar)
-                    if done is not None:
-                        done[index] = (restored, tile_kernel)
-                window = tile_window(tile, h, w, self.overlap).to(work.device)
-                out[..., rows, cols] += restored * window
-                weights[rows, cols] += window
-                kernel = self._take_cells(kernel, best, tile, tile_kernel, window.cpu(), centre_y, centre_x, cell)
+                    results[index] = self._deblur_tile(work[..., rows, cols], bar)
+                    bar.update(0 if self.gradient else 1)
+                    if done is not None and results[index].status in ("estimated", "known"):
+                        done[index] = results[index]
+            for index in self._borrow(results, tiles, work):
+                if done is not None:
+                    done[index] = results[index]
+        for index, tile in enumerate(tiles):
+            rows, cols = tile.region
+            window = tile_window(tile, h, w, self.overlap).to(work.device)
+            out[..., rows, cols] += results[index].restored * window
+            weights[rows, cols] += window
+            kernel = self._take_cells(
+                kernel, best, tile, results[index].kernel, window.cpu(), centre_y, centre_x, cell
+            )
+        self.tile_reports = [
+            {"tile": index, "top": t.top, "left": t.left, "height": t.height, "width": t.width,
+             "status": results[index].status, "blur_length": psf_extent(results[index].psf)}
+            for index, t in enumerate(tiles)
+        ]
+        blurry_tiles = [r["tile"] for r in self.tile_reports if r["status"] == "kept blurry"]
+        if blurry_tiles:
+            warnings.warn(
+                f"{len(blurry_tiles)} of {len(tiles)} tiles kept their blurry pixels (tiles {blurry_tiles}): no PSF "
+                "estimated for them or their neighbours passed the sharpening guard; their kernel says no blur",
+                stacklevel=3,
+            )
         sharp = (out / weights)[..., top : top + height, left : left + width]
         return sharp.clamp(0, 1), kernel
+
+    def _borrow(self, results: dict[int, TileResult], tiles: list[Tile], work: torch.Tensor) -> list[int]:
+        """Deconvolve each tile left blurry with the PSF of the nearest tile that has its own, when the guard
+        passes: a neighbour's blur is a better guess than none (camera shake varies slowly across a photo), and
+        the tiles then blend without a blurry patch. Returns the tiles settled here."""
+        own = [i for i, r in results.items() if r.status == "estimated" and r.psf.shape[-1] > 1]
+        settled = []
+        for index, result in results.items():
+            if result.status != "kept blurry":
+                continue
+            settled.append(index)
+            if not own:
+                continue
+            tile = tiles[index]
+            nearest = min(own, key=lambda i: (tiles[i].top - tile.top) ** 2 + (tiles[i].left - tile.left) ** 2)
+            blurry = work[..., tile.region[0], tile.region[1]]
+            psf = results[nearest].psf
+            sharp = from_linear(deconvolve(to_linear(blurry, self.gamma), psf, **self.deconvolve_options), self.gamma)
+            if self._passes(sharp, blurry):
+                results[index] = TileResult(sharp, self._psf_kernel(psf), psf, "borrowed")
+        return settled
+
+    def _passes(self, sharp: torch.Tensor, blurry: torch.Tensor) -> bool:
+        """The sharpening guard (see ``max_sharpening``)."""
+        # The small allowance (a thirtieth of a grey level) lets a flat tile pass, whose deconvolution is flat too.
+        limit = (self.max_sharpening or 0) * _total_variation(blurry) + 1e-4
+        return self.max_sharpening is None or _total_variation(sharp) <= limit
 
     @staticmethod
     def _take_cells(
@@ -298,7 +359,8 @@ class BlindDeblurrer:
         return torch.where(take.to(kernel.device), values, kernel[0])[None]
 
     # -- one tile --------------------------------------------------------------------------------------------
-    def _deblur_tile(self, blurry: torch.Tensor, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+    def _deblur_tile(self, blurry: torch.Tensor, bar: tqdm) -> TileResult:
+        none = torch.ones(1, 1, device=blurry.device)
         if self.gradient:
             with torch.enable_grad():
                 sharp, kernel = deblur_by_gradient(
@@ -306,32 +368,43 @@ class BlindDeblurrer:
                     iterations=self.iterations, x_warmup=self.x_warmup, k_warmup=self.k_warmup, seed=self.seed,
                     progress=bar.update, **self.gradient_options,
                 )
-            return sharp, kernel
+            return TileResult(sharp, kernel, none, "estimated")
         linear = to_linear(blurry, self.gamma)
         if self.known_psf is not None:
             sharp = from_linear(deconvolve(linear, self.known_psf, **self.deconvolve_options), self.gamma)
-            bar.update()
-            return sharp, self._psf_kernel(self.known_psf)
-        crop = _textured_crop(linear, self.estimate_crop)
-        size = max(3, min(self.psf_size, (min(crop.shape[-2:]) // 6) | 1))
+            return TileResult(sharp, self._psf_kernel(self.known_psf), self.known_psf, "known")
 
         def report(done: int, steps: int) -> None:
             bar.set_postfix_str(f"kernel estimate {done}/{steps}", refresh=True)
 
-        # When the guard rejects an estimate, one retry with a quarter less support: a misled estimate (streaks
-        # along a periodic texture) fills the support it is given.
-        for attempt in dict.fromkeys((size, max(3, round(0.75 * size) | 1))):
-            try:
-                psf = estimate_psf(crop, attempt, progress=report, **self.estimate_options)
-            except TooFewEdges:
-                # A flat tile (sky, a wall) shows no blur to estimate, and has no detail to restore: keep it.
-                break
+        side = min(linear.shape[-2:])
+        base = max(3, min(self.psf_size or DEFAULT_PSF_SIZE, (min(side, self.estimate_crop) // 6) | 1))
+        try:
+            if self.psf_size is None:
+                candidates = find_psf(
+                    linear, max(base, (side // 3 - 1) | 1), base=base, crop=self.estimate_crop, progress=report,
+                    **self.estimate_options,
+                )
+            else:
+                crop = textured_crop(linear, self.estimate_crop)
+                candidates = [(estimate_psf(crop, base, progress=report, **self.estimate_options), base)]
+        except TooFewEdges:
+            # A flat tile (sky, a wall) shows no blur to estimate; it may borrow a neighbour's (see _borrow).
+            return TileResult(blurry, self._no_blur(blurry), none, "kept blurry")
+        # When the guard rejects every estimate, one more with a quarter less support than the smallest: a misled
+        # estimate (streaks along a periodic texture) fills the support it is given.
+        retry = max(3, round(0.75 * candidates[-1][1]) | 1)
+        for psf, size in [*candidates, (None, retry)]:
+            if psf is None:
+                try:
+                    psf = estimate_psf(textured_crop(linear, self.estimate_crop), size, progress=report,
+                                       **self.estimate_options)
+                except TooFewEdges:
+                    break
             sharp = from_linear(deconvolve(linear, psf, **self.deconvolve_options), self.gamma)
-            if self.max_sharpening is None or _total_variation(sharp) <= self.max_sharpening * _total_variation(blurry):
-                bar.update()
-                return sharp, self._psf_kernel(psf)
-        bar.update()
-        return blurry, self._no_blur(blurry)
+            if self._passes(sharp, blurry):
+                return TileResult(sharp, self._psf_kernel(psf), psf, "estimated")
+        return TileResult(blurry, self._no_blur(blurry), none, "kept blurry")
 
     def _no_blur(self, like: torch.Tensor) -> torch.Tensor:
         return self._psf_kernel(torch.ones(1, 1, device=like.device))

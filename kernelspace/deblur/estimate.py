@@ -36,7 +36,7 @@ from ..physics.kernel_estimation import estimate_psf_field
 from ..physics.psf import fit_canvas
 from .nonblind import _grad
 
-__all__ = ["fit_psf", "estimate_psf", "TooFewEdges"]
+__all__ = ["fit_psf", "estimate_psf", "find_psf", "psf_extent", "textured_crop", "TooFewEdges"]
 
 
 def fit_psf(
@@ -124,22 +124,49 @@ def _l0_image(y_hat: torch.Tensor, psf: torch.Tensor, weight: float, shape: tupl
     return x
 
 
+def _orientation_weights(gradients: list[torch.Tensor], whiten: float, bins: int = 16) -> torch.Tensor | float:
+    """Per-frequency weights that even out the latent image's gradient energy over orientations.
+
+    A scene dominated by one edge direction (stripes, a building) constrains the kernel only across that
+    direction, and the fit fills the other with streaks. Weighting each frequency by the inverse of its
+    orientation's energy (to the power ``whiten``, capped at 10x) lets the rare directions count: on Levin et
+    al. 2009 this raised the mean from 31.44 to 31.87 dB and the images within error ratio 2 from 25 to 28 of 32.
+    """
+    if whiten <= 0:
+        return 1.0
+    shape = gradients[0].shape[-2:]
+    fy = torch.fft.fftfreq(shape[0], dtype=gradients[0].dtype, device=gradients[0].device)[:, None]
+    fx = torch.fft.rfftfreq(shape[1], dtype=gradients[0].dtype, device=gradients[0].device)[None, :]
+    orientation = (torch.atan2(fy, fx).remainder(math.pi) / math.pi * bins).long().clamp(max=bins - 1)
+    radius = (fy.square() + fx.square()).sqrt()
+    band = (radius > 0.02) & (radius < 0.35)  # below: the image's layout; above: noise
+    energy = sum(torch.fft.rfft2(g).abs().square() for g in gradients)
+    per_bin = torch.zeros(bins, dtype=energy.dtype, device=energy.device).index_add_(0, orientation[band], energy[band])
+    per_bin = per_bin / per_bin.mean()
+    per_bin = (per_bin + per_bin.roll(1) + per_bin.roll(-1)) / 3
+    weights = per_bin.clamp_min(1e-3).pow(-whiten).clamp(max=10.0)
+    return (weights / weights.mean())[orientation]
+
+
 def _kernel_normal_equations(
-    latent: torch.Tensor, y: torch.Tensor, size: int, mask: torch.Tensor
+    latent: torch.Tensor, y: torch.Tensor, size: int, mask: torch.Tensor, whiten: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The least squares problem for a (size, size) kernel, sum over both gradient directions of
     ||mask (grad latent (*) k - grad y)||^2, reduced to kernel-sized arrays: the gradients' autocorrelation over
     offsets [-2r, 2r]^2 (the normal matrix, Toeplitz: the mask's own shift is neglected) and their
-    cross-correlation with the blurry gradients over [-r, r]^2.
+    cross-correlation with the blurry gradients over [-r, r]^2. ``whiten`` weights frequencies by orientation
+    (:func:`_orientation_weights`).
     """
     shape = latent.shape[-2:]
     r = size // 2
     auto = torch.zeros(shape, dtype=latent.dtype, device=latent.device)
     cross = torch.zeros_like(auto)
-    for g, t in zip(_grad(latent), _grad(y)):
+    pairs = [(mask * g, mask * t, g) for g, t in zip(_grad(latent), _grad(y))]
+    weights = _orientation_weights([masked for masked, _, _ in pairs], whiten)
+    for masked, target, g in pairs:
         g_hat = torch.fft.rfft2(g)
-        auto += torch.fft.irfft2(torch.fft.rfft2(mask * g).conj() * g_hat, s=shape)
-        cross += torch.fft.irfft2(torch.fft.rfft2(mask * t).conj() * g_hat, s=shape)
+        auto += torch.fft.irfft2(weights * torch.fft.rfft2(masked).conj() * g_hat, s=shape)
+        cross += torch.fft.irfft2(weights * torch.fft.rfft2(target).conj() * g_hat, s=shape)
     auto = auto.roll((2 * r, 2 * r), (0, 1))[: 4 * r + 1, : 4 * r + 1]
     return 0.5 * (auto + auto.flip(0, 1)), cross.roll((r, r), (0, 1))[:size, :size]
 
@@ -152,8 +179,15 @@ def _nonnegative_kernel(
     Non-negativity inside the solve matters: clamping an unconstrained solution afterwards leaves a wide, noisy
     skirt that costs about 1.5 dB after deconvolution, even when the sharp image is known.
     """
+    # A k is the valid part of the convolution auto * k, by FFT: direct convolution costs size^4 per iteration
+    # (minutes for a 141-px kernel), the FFT of the (2 size - 1)-px autocorrelation a few milliseconds.
+    size = init.shape[-1]
+    shape = (fft_size(auto.shape[-2]),) * 2
+    auto_hat = torch.fft.rfft2(auto, s=shape)
+
     def normal(k: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(auto[None, None], k.flip(0, 1)[None, None])[0, 0] + tikhonov * k
+        full = torch.fft.irfft2(auto_hat * torch.fft.rfft2(k, s=shape), s=shape)
+        return full[size - 1 : size - 1 + size, size - 1 : size - 1 + size] + tikhonov * k
 
     lipschitz = torch.fft.rfft2(auto, s=[2 * n for n in auto.shape]).abs().max() + tikhonov
     k = z = init.clone()
@@ -180,6 +214,8 @@ def _clean(psf: torch.Tensor, keep: float, min_mass: float) -> torch.Tensor:
     labels = connected_components((psf > 0).to(psf.dtype)[None, None], num_iterations=psf.numel())[0, 0].long()
     mass = torch.zeros(psf.numel() + 1, dtype=psf.dtype, device=psf.device).index_add_(0, labels.flatten(), psf.flatten())
     psf = torch.where(mass[labels] >= min_mass, psf, torch.zeros_like(psf))
+    if not psf.sum() > 0:  # no piece held enough mass: nothing but specks
+        raise TooFewEdges("the kernel estimate is only specks: the image has too few edges for blind estimation")
     return psf / psf.sum()
 
 
@@ -214,8 +250,9 @@ def estimate_psf(
     tikhonov: float = 2.0,
     kernel_iterations: int = 100,
     min_mass: float = 0.1,
-    keep: float = 0.05,
+    keep: float = 0.02,
     edge_softness: float = 0.5,
+    whiten: float = 1.0,
 ) -> torch.Tensor:
     """A uniform PSF (size, size) for ``blurry`` from the image alone (cross-correlation convention).
 
@@ -236,6 +273,8 @@ def estimate_psf(
         edge_softness: the standard deviation (px) of the Gaussian the L0 image is blurred with before each kernel
             fit at full resolution. Real edges are not steps: fitted to step edges, the kernel absorbs the edges'
             own width and comes out thick, and deconvolution with it oversharpens (0.6 dB on Levin et al. 2009).
+        whiten: how strongly the kernel fit evens out edge orientations (0: not at all; 1: inverse energy), so
+            that a scene with one dominant edge direction does not streak the kernel along it.
 
     Returns:
         The PSF, (size, size), non-negative and summing to one.
@@ -292,7 +331,7 @@ def estimate_psf(
             latent = _l0_image(y_hat, psf, weight, shape)
             if edge_softness > 0 and level == 0:
                 latent = gaussian_blur2d(latent[None, None], side, (edge_softness,) * 2, border_type="circular")[0, 0]
-            auto, cross = _kernel_normal_equations(latent, y_canvas, ks, mask)
+            auto, cross = _kernel_normal_equations(latent, y_canvas, ks, mask, whiten)
             # A fresh start for each fit (not the last kernel): the alternation then cannot creep.
             flat = torch.full_like(psf, 1 / psf.numel())
             psf = _centre(_clean(_nonnegative_kernel(auto, cross, flat, tikhonov, kernel_iterations), 0.0, min_mass))
@@ -301,3 +340,82 @@ def estimate_psf(
             if progress is not None:
                 progress(done, total)
     return _clean(psf, keep, min_mass).to(blurry.dtype)
+
+
+def psf_extent(psf: torch.Tensor, share: float = 0.98) -> int:
+    """The blur's length: the side of the smallest centred square holding ``share`` of the PSF's mass (a mass
+    share, not a tap threshold, so that a few faint specks far out do not count as blur)."""
+    centre = psf.shape[-1] // 2
+    ys, xs = torch.meshgrid(*(torch.arange(n, device=psf.device) - centre for n in psf.shape[-2:]), indexing="ij")
+    ring = torch.maximum(ys.abs(), xs.abs()).flatten()
+    inside = torch.zeros(centre + 1, dtype=psf.dtype, device=psf.device).index_add_(0, ring, psf.flatten()).cumsum(0)
+    return 2 * int((inside < share * psf.sum()).sum()) + 1
+
+
+def textured_crop(image: torch.Tensor, side: int) -> torch.Tensor:
+    """The ``side`` x ``side`` window (of 3 x 3 candidates) with the most gradient: edges are what reveal blur."""
+    h, w = image.shape[-2:]
+    ch, cw = min(side, h), min(side, w)
+    grey = image.mean(1, keepdim=True)
+    energy = (grey[..., 1:, :-1] - grey[..., :-1, :-1]).abs() + (grey[..., :-1, 1:] - grey[..., :-1, :-1]).abs()
+    candidates = [(round(i * (h - ch) / 2), round(j * (w - cw) / 2)) for i in range(3) for j in range(3)]
+    top, left = max(candidates, key=lambda c: energy[..., c[0] : c[0] + ch - 1, c[1] : c[1] + cw - 1].sum().item())
+    return image[..., top : top + ch, left : left + cw]
+
+
+def find_psf(
+    blurry: torch.Tensor,
+    max_size: int,
+    *,
+    base: int = 31,
+    crop: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+    **options: float,
+) -> list[tuple[torch.Tensor, int]]:
+    """PSFs for blur of unknown length, up to ``max_size`` px: ``[(psf, support), ...]``, the likeliest first.
+
+    A support much larger than the blur degrades :func:`estimate_psf` (on Levin et al. 2009, 41 px instead of 31
+    cost 4.6 to 22 dB), so the support is not set to the longest blur possible. The PSF is first estimated on
+    ``base`` px, and the blur's length measured on the image downscaled so that ``base`` px cover up to
+    ``max_size`` (2x, 4x, ...); when it is longer than ``base``, the PSF is estimated again at full resolution on a
+    support a quarter longer than that length. That longer estimate comes first and the ``base`` one second: a
+    strong edge or texture can also lengthen a coarse estimate, so the caller should check the first (e.g. by
+    the sharpening it causes) before trusting it.
+
+    Args:
+        blurry: (1, 1 or 3, H, W) in linear light, as :func:`estimate_psf` takes; its most textured ``crop`` x
+            ``crop`` window (or larger, three times the support) is where the kernel is fitted.
+        max_size: the longest blur considered (odd), e.g. a third of the image's shorter side.
+        base: the first support (odd).
+        progress: as for :func:`estimate_psf` (each estimate counts its own steps).
+        options: keyword arguments for :func:`estimate_psf`.
+
+    Example:
+        >>> import torch
+        >>> from kernelspace.physics.blur import psf_blur
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sharp = torch.nn.functional.interpolate(torch.rand(1, 1, 16, 16, generator=g), size=(96, 96))
+        >>> true = torch.zeros(5, 5); true[2, :] = 0.2  # 5 px of horizontal motion
+        >>> [(tuple(psf.shape), support) for psf, support in find_psf(psf_blur(sharp, true), 9, base=9)]
+        [((9, 9), 9)]
+    """
+    if max_size < 3 or max_size % 2 == 0 or base < 3 or base % 2 == 0:
+        raise ValueError(f"max_size and base must be odd integers >= 3, got {max_size} and {base}")
+    base = min(base, max_size)
+    first = estimate_psf(textured_crop(blurry, crop), base, progress=progress, **options)
+    # The probe: the coarsest scale at which ``base`` px still cover less than max_size and the image keeps 4
+    # supports a side (less, and it measures noise). An estimate on a too small support does not fill it: it
+    # shrinks towards a delta, so the length has to be measured where the whole blur fits.
+    factor = 1
+    while base * factor * 2 <= max_size and min(blurry.shape[-2:]) >= factor * 2 * 4 * base:
+        factor *= 2
+    if factor == 1:
+        return [(first, base)]
+    size = [round(n / factor) for n in blurry.shape[-2:]]
+    small = F.interpolate(blurry, size=size, mode="bilinear", antialias=True, align_corners=False)
+    length = psf_extent(estimate_psf(textured_crop(small, crop), base, progress=progress, **options)) * factor
+    size = min(max_size, math.ceil(1.25 * length + 4) // 2 * 2 + 1)
+    side = min(max(crop, 3 * size), *blurry.shape[-2:])
+    if length <= base or side < 2 * size:
+        return [(first, base)]
+    return [(estimate_psf(textured_crop(blurry, side), size, progress=progress, **options), size), (first, base)]

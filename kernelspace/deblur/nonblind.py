@@ -17,11 +17,14 @@ al. 2013).
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from ..physics.blur import fft_size, reflect_pad
 
-__all__ = ["deconvolve", "shrink_hyper_laplacian"]
+__all__ = ["deconvolve", "noise_level", "noise_weight", "shrink_hyper_laplacian"]
 
 
 def shrink_hyper_laplacian(v: torch.Tensor, weight: float, alpha: float, iterations: int = 3) -> torch.Tensor:
@@ -61,11 +64,31 @@ def _grad_adjoint(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
     return gx.roll(1, -1) - gx + gy.roll(1, -2) - gy
 
 
+def noise_level(image: torch.Tensor) -> float:
+    """The standard deviation of white noise in ``image`` (B x C x H x W, [0, 1]), averaged over channels.
+
+    Immerkaer's estimator (1996): the mean absolute response to a 3 x 3 mask that cancels locally linear
+    content, scaled to a Gaussian's deviation. Blur removes most of what the mask would mistake for noise, so on
+    blurry images it is close: 0.0100 measured on the 1%-noise Kodak set.
+    """
+    mask = torch.tensor([[1.0, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=torch.float64, device=image.device)
+    response = F.conv2d(image.double().flatten(0, 1)[:, None], mask[None, None])
+    return float(response.abs().mean() * math.sqrt(math.pi / 2) / 6)
+
+
+def noise_weight(sigma: float) -> float:
+    """The :func:`deconvolve` prior weight for noise of deviation ``sigma``: 2e-4 at 1% noise, falling as
+    sigma^0.4 (1e-4 on Levin et al. 2009, sigma about 0.0017), within [5e-5, 2e-3]. Calibrated on those two
+    sets only: with true kernels, the best of 5e-5 to 2e-3 was 1e-4 on Levin (35.07 dB, 34.83 at 2e-4) and 2e-4
+    on Kodak with 1% noise."""
+    return min(2e-3, max(5e-5, 2e-4 * (sigma / 0.01) ** 0.4))
+
+
 def deconvolve(
     blurry: torch.Tensor,
     psf: torch.Tensor,
     *,
-    weight: float = 2e-4,
+    weight: float | None = None,
     alpha: float = 0.8,
     iterations: int = 120,
     saturation: float = 0.99,
@@ -79,7 +102,8 @@ def deconvolve(
     Args:
         blurry: the blurry image in linear light.
         psf: one PSF for the batch (S, S) or one per image (B, S, S); non-negative, summing to one.
-        weight: strength of the gradient prior (larger: smoother, less noise and ringing).
+        weight: strength of the gradient prior (larger: smoother, less noise and ringing); ``None``: set from
+            the image's noise (:func:`noise_weight` of :func:`noise_level`).
         alpha: exponent of the prior (0.5 to 0.8 is natural-image-like; 1 is total variation).
         iterations: ADMM iterations.
         saturation: blurry pixels at or above this are left out of the data term (clipping broke linearity).
@@ -101,6 +125,8 @@ def deconvolve(
         >>> err(deconvolve(blurry, psf, weight=1e-4)) < err(blurry) / 3
         True
     """
+    if weight is None:
+        weight = noise_weight(noise_level(blurry))
     b, c, h, w = blurry.shape
     psf = psf.to(blurry)
     psf = psf[None] if psf.ndim == 2 else psf

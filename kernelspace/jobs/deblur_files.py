@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..data.folders import list_images
 from ..deblur import BlindDeblurrer
+from ..deblur.blind import TileResult
 from ..files import safetensors_chunks
 from ..io import DEFAULT_JPEG_QUALITY, IMAGE_SUFFIXES, image_metadata, load_image, to_tensor
 from .outputs import (
@@ -139,15 +140,18 @@ class _TileStore(MutableMapping):
     def _file(self, index: int) -> Path:
         return self.path / f"{index}.safetensors"
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> TileResult:
         if not self._file(index).is_file():
             raise KeyError(index)
-        tensors = load_file(str(self._file(index)))
-        return tensors["restored"], tensors["kernel"]
+        with safe_open(str(self._file(index)), "pt") as f:
+            if "psf" not in f.keys():  # a tile an older version wrote: computed again
+                raise KeyError(index)
+            status = (f.metadata() or {}).get("status", "estimated")
+            return TileResult(f.get_tensor("restored"), f.get_tensor("kernel"), f.get_tensor("psf"), status)
 
-    def __setitem__(self, index: int, value: tuple[torch.Tensor, torch.Tensor]) -> None:
-        restored, kernel = value
-        self.folder.write(self._file(index), *safetensors_chunks({"restored": restored, "kernel": kernel}))
+    def __setitem__(self, index: int, value: TileResult) -> None:
+        tensors = {"restored": value.restored, "kernel": value.kernel, "psf": value.psf}
+        self.folder.write(self._file(index), *safetensors_chunks(tensors, metadata={"status": value.status}))
 
     def __delitem__(self, index: int) -> None:
         self._file(index).unlink()
