@@ -211,3 +211,18 @@ def test_cli_never_overwrites_inputs_and_resumes(tmp_path, gopro_crop, capsys):
     assert "overwrite an input" in capsys.readouterr().err
     assert main(["deblur", str(inp / "a.png"), "-o", str(inp / "a.png")]) == 2
     assert {p: p.read_bytes() for p in inp.rglob("*.png")} == originals
+
+
+def test_the_callable_package_shows_the_functions_signature_and_docs():
+    """`kernelspace.deblur` is the package and the function: introspection shows the function (before:
+    `(image, **options)` and the package page)."""
+    import inspect
+    import pydoc
+
+    import kernelspace.deblur.blind as blind
+
+    assert inspect.signature(kernelspace.deblur) == inspect.signature(blind.deblur)
+    assert "return_kernel" in str(inspect.signature(kernelspace.deblur))
+    page = pydoc.render_doc(kernelspace.deblur, renderer=pydoc.plaintext)
+    assert "kernelspace.deblur - Deblur ``image`` blindly" in page and "BlindDeblurrer(model, preset" in page
+    assert kernelspace.deblur.estimate_psf is kernelspace.deblur.estimate.estimate_psf  # still the package

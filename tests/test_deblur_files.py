@@ -251,3 +251,11 @@ def test_relative_paths_as_the_readme_writes_them(inputs, model_dir, tmp_path, m
     assert sorted(hashes(tmp_path / "sharp")) == ["a.png", "deblur_manifest.jsonl", "sub/b.png"]
     assert main(deblur("in/", "-o", "sharp/", model=model_dir)) == 0
     assert "wrote 0 image(s) to sharp/, 2 already done" in capsys.readouterr().out
+
+
+def test_max_sharpening_help_states_the_default(capsys):
+    from kernelspace.deblur.blind import DEFAULT_MAX_SHARPENING
+
+    with pytest.raises(SystemExit):
+        main(["deblur", "--help"])
+    assert f"default {DEFAULT_MAX_SHARPENING};" in " ".join(capsys.readouterr().out.split())
