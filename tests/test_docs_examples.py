@@ -20,7 +20,7 @@ it), under the names the pages use: ``sharp.png``/``blurry.png`` (a real GoPro p
 ``photo.png``, ``pair/{sharp,blurry}.png``, ``blurry.jpg``, ``phone.jpg`` (a portrait JPEG with EXIF
 orientation), ``deep.png`` (16-bit RGB), ``photos/`` (two blurry images), ``PHOTOS/`` (four clean photos),
 ``GOPRO/`` and ``GOPRO_Large/train/`` (two GoPro pairs each) and ``GOPRO_wVAE.pth``: a small, randomly
-initialised ``BKSNet`` with the VAE head saved as a published checkpoint is (the authors' 460 MB file is a
+initialised ``BKSNet`` with the VAE head saved as a published checkpoint (the authors' 460 MB file is a
 download), so the examples exercise the published-checkpoint loader. A script made only of ``kernelspace ...`` lines
 runs them in this process through ``kernelspace.cli:main`` (what the console script calls; a new process would
 spend 2-3 s importing torch for each); anything else runs in ``bash``, where ``kernelspace`` and ``python`` run
