@@ -70,8 +70,8 @@ def _report_failures(command: str, failed: list[tuple[str, str]]) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    out = convert_checkpoint(args.checkpoint, args.out_dir, overwrite=args.overwrite)
-    print(f"wrote {out} (config.json, model.safetensors, README.md)")
+    convert_checkpoint(args.checkpoint, args.out_dir, overwrite=args.overwrite)
+    print(f"wrote {args.out_dir} (config.json, model.safetensors, README.md)")  # the folder as the user named it
     return 0
 
 
@@ -120,11 +120,10 @@ def _swap(args: argparse.Namespace) -> int:
 def _deblur(args: argparse.Namespace) -> int:
     from .deblur import BlindDeblurrer
     from .jobs.deblur_files import deblur_files
-    from .deblur.blind import DEFAULT_MAX_SHARPENING
 
     deblurrer = BlindDeblurrer(
         args.model, args.preset, args.device, gamma=args.gamma, tile=args.tile, psf_size=args.psf_size,
-        max_sharpening=DEFAULT_MAX_SHARPENING if args.max_sharpening is None else args.max_sharpening or None,
+        max_sharpening=args.max_sharpening or None,  # 0: no guard
         progress=_progress(args),
     )
     summary = deblur_files(
@@ -237,10 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="camera response exponent to deblur in (default 1.0: the encoded values; 2.2: linear light)")
     deblur.add_argument("--tile", type=int, default=512, help="tile side for large images (default 512)")
     deblur.add_argument("--psf-size", type=int, default=None, help="longest blur looked for, odd (default: the model's)")
-    deblur.add_argument("--max-sharpening", type=float, default=None,
+    from .deblur.blind import DEFAULT_MAX_SHARPENING
+
+    deblur.add_argument("--max-sharpening", type=float, default=DEFAULT_MAX_SHARPENING,
                         help="re-estimate, or else keep blurry, a tile whose deblurring raises its total variation "
-                        "more than this factor (a wrong kernel's ringing; default: "
-                        "kernelspace.deblur.blind.DEFAULT_MAX_SHARPENING; 0: no guard)")
+                        f"more than this factor (a wrong kernel's ringing; default {DEFAULT_MAX_SHARPENING}; 0: no guard)")
     deblur.add_argument("--save-kernel", action="store_true", help="also write NAME.kernel.safetensors (the kernel k)")
     deblur.add_argument("--show-kernel", action="store_true", help="also write NAME.kernel.png (the blur map)")
     deblur.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")

@@ -372,7 +372,7 @@ def train(
         hint = " (latent_dim 0: give --model-config '{\"latent_dim\": 64}')" if model.config.get("latent_dim") == 0 else ""
         raise ValueError(f"{type(model).__name__} with config {model.config} has no parameters to train{hint}")
     device = resolve_device(config.device)
-    out = Path(config.out)
+    out = Path(config.out).absolute()  # the run folder's files are named relative to it and by paths from it
     _refuse_legacy(out)
     paired = _is_paired(config)
     side = model.training_side(config.crop)
@@ -398,7 +398,7 @@ def _run(
     """The training loop of :func:`train`, in the run folder ``folder`` (held by rank 0; ``None`` elsewhere)."""
     from .hub import is_model_folder
 
-    out = Path(config.out)
+    out = Path(config.out).absolute()  # as in train: confine() takes paths built from it
     checkpoint, log_path, final = out / CHECKPOINT_NAME, out / LOG_NAME, out / MODEL_NAME
     if folder is not None:
         if overwrite:

@@ -235,3 +235,18 @@ def test_an_image_without_edges_stays_as_it_was_and_says_so():
         out = deblurrer(flat)
     np.testing.assert_array_equal(out, flat)
     assert [r["status"] for r in deblurrer.tile_reports] == ["kept blurry"]
+
+
+def test_the_callable_package_shows_the_functions_signature_and_docs():
+    """`kernelspace.deblur` is the package and the function: introspection shows the function (before:
+    `(image, **options)` and the package page)."""
+    import inspect
+    import pydoc
+
+    import kernelspace.deblur.blind as blind
+
+    assert inspect.signature(kernelspace.deblur) == inspect.signature(blind.deblur)
+    assert "return_kernel" in str(inspect.signature(kernelspace.deblur))
+    page = pydoc.render_doc(kernelspace.deblur, renderer=pydoc.plaintext)
+    assert "kernelspace.deblur - Deblur ``image`` blindly" in page and "BlindDeblurrer(model, preset" in page
+    assert kernelspace.deblur.estimate_psf is kernelspace.deblur.estimate.estimate_psf  # still the package

@@ -241,3 +241,21 @@ def test_phone_photos_and_16_bit_files_come_out_upright_at_their_depth(tmp_path,
     entries = [json.loads(line) for line in (tmp_path / "out" / "deblur_manifest.jsonl").read_text().splitlines()]
     assert {e["settings"]["jpeg_quality"] for e in entries} == {80}
     assert hashes(root) == before
+
+
+def test_relative_paths_as_the_readme_writes_them(inputs, model_dir, tmp_path, monkeypatch, capsys):
+    """`kernelspace deblur photos/ -o sharp/` from the working folder (before: the manifest was looked for in
+    sharp/sharp/ and the run failed)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(deblur("in/", "-o", "sharp/", model=model_dir)) == 0
+    assert sorted(hashes(tmp_path / "sharp")) == ["a.png", "deblur_manifest.jsonl", "sub/b.png"]
+    assert main(deblur("in/", "-o", "sharp/", model=model_dir)) == 0
+    assert "wrote 0 image(s) to sharp/, 2 already done" in capsys.readouterr().out
+
+
+def test_max_sharpening_help_states_the_default(capsys):
+    from kernelspace.deblur.blind import DEFAULT_MAX_SHARPENING
+
+    with pytest.raises(SystemExit):
+        main(["deblur", "--help"])
+    assert f"default {DEFAULT_MAX_SHARPENING};" in " ".join(capsys.readouterr().out.split())

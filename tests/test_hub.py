@@ -123,6 +123,10 @@ def test_default_model_ships_in_the_package(shared_data):
     assert (folder / "model.safetensors").stat().st_size <= 20e6
     card = (folder / "README.md").read_text()
     assert "## Training" in card and "## Figures" in card and "kernelspace train" in card
+    from kernelspace.data.folders import list_images
+
+    photos = len(list_images(shared_data / "train", recursive=True))  # what the trainer reads (159; card said 173)
+    assert f"the {photos} clean photos of `../shared/data/train`" in card
     model = load_model(device="cpu")
     assert isinstance(model, kernelspace.KernelField) and model.config["latent_dim"] == 64
     # Its learned kernel space expresses a real recorded kernel: Levin's kernel 1, encoded and decoded, re-blurs

@@ -228,3 +228,15 @@ def test_shards_run_side_by_side_and_an_unreadable_pair_does_not_stop_the_rest(d
     assert (summary.written, len(summary.failed)) == (2, 1) and summary.failed[0][0] == str(broken)
     with pytest.raises(ValueError, match="cannot read"):
         swap_dataset(data, tmp_path / "strict", source="prior", model=model, skip_errors=False, progress=False)
+
+
+def test_relative_paths_as_the_readme_writes_them(dataset: Path, model_dir: Path, tmp_path: Path, monkeypatch,
+                                                  capsys) -> None:
+    """`kernelspace swap GOPRO/ GOPRO_swapped/` from the working folder (before: the manifest was opened in
+    GOPRO_swapped/GOPRO_swapped/ and the run failed)."""
+    monkeypatch.chdir(tmp_path)
+    os.symlink(dataset, tmp_path / "GOPRO")
+    args = ["swap", "GOPRO/", "GOPRO_swapped/", "--source", "prior", "--model", str(model_dir), "--no-progress"]
+    assert main(args) == 0
+    assert len(list((tmp_path / "GOPRO_swapped").glob("*/blur/*.png"))) == 6
+    assert main(args) == 0 and "wrote 0, 6 already done" in capsys.readouterr().out

@@ -220,8 +220,8 @@ def deblur_files(
         raise ValueError(f"show_kernel needs a model with PSFs (KernelField); {type(deblurrer.model).__name__} has none")
     from ..viz import render_kernel
 
+    out = Path(out).absolute()  # the folder's files are named both relative to it and by paths built from it
     jobs = plan_outputs(inputs, out, save_kernel=save_kernel, show_kernel=show_kernel)
-    out = Path(out)
     root = out.parent if _single([Path(p) for p in inputs], out) else out
     settings = {**deblurrer_settings(deblurrer), "jpeg_quality": jpeg_quality}
     failed: list[tuple[str, str]] = []

@@ -216,7 +216,8 @@ def swap_dataset(
         >>> summary.layout, summary.written, sorted(p.name for p in (out / "seq1").iterdir())
         ('gopro', 1, ['blur', 'sharp'])
     """
-    input_root, output_root = Path(input_root), Path(output_root)
+    # Absolute: the folder's files are named both relative to it and by paths built from it.
+    input_root, output_root = Path(input_root), Path(output_root).absolute()
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
     shard_index, shard_count = parse_shard(f"{shard[0]}/{shard[1]}")
