@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 __all__ = ["fft_size", "reflect_pad", "mirrored_region", "psf_blur", "homography_blur"]
 
-#: Working memory (bytes) :func:`psf_blur` may use at once: larger images are blurred in bands of rows.
 BAND_BYTES = 64 << 20
+"""Working memory (bytes) :func:`psf_blur` may use at once: larger images are blurred in bands of rows."""
 
 
 def fft_size(n: int) -> int:

@@ -30,8 +30,8 @@ from .blur import fft_size, mirrored_region, psf_blur, reflect_pad
 __all__ = ["space_varying_blur", "patch_spectra", "blur_from_spectra", "PatchSpectra"]
 
 
-#: Working memory (bytes) one block of cells may use: larger images are blurred block by block.
 TILE_BYTES = 64 << 20
+"""Working memory (bytes) one block of cells may use: larger images are blurred block by block."""
 
 
 class PatchSpectra:
