@@ -345,7 +345,12 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             params = self.forward_parameters(tuple(x.shape), generator)
         self._check_params(params, x.shape[0])
         blurry = from_tensor(super().forward(x, params=params, **kwargs), spec)
-        return (from_tensor(x, spec), blurry) if self.return_pair else blurry
+        out = (from_tensor(x, spec), blurry) if self.return_pair else (blurry,)
+        if isinstance(images, torch.Tensor) and type(images) is not torch.Tensor:
+            # A tensor subclass (torchvision's tv_tensors.Image) comes back as one: the transforms after this one
+            # then treat both images of a pair as images (they pass a second plain tensor through untouched).
+            out = tuple(t.as_subclass(type(images)) for t in out)
+        return out if self.return_pair else out[0]
 
     def _forward_list(
         self, images: list[ImageLike], params: dict[str, torch.Tensor] | None, generator: torch.Generator | None

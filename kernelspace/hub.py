@@ -9,29 +9,35 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .device import DeviceLike, resolve_device
 from .models import ARCHITECTURES, BKSNet, KernelSpaceModel
 from .models.base import CONFIG_NAME, WEIGHTS_NAME
 
-__all__ = ["load_model", "convert_checkpoint", "read_published_checkpoint", "ModelNotFoundError", "DEFAULT_MODEL_DIR"]
+__all__ = [
+    "load_model", "convert_checkpoint", "read_published_checkpoint", "is_model_folder", "ModelNotFoundError",
+    "DEFAULT_MODEL_DIR",
+]
 
 #: Where the default model ships inside the package (``config.json`` + ``model.safetensors``).
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "default"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+#: What ``save_pretrained`` writes into a model folder: nothing else is ever deleted as "a model".
+MODEL_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md"})
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -107,11 +113,52 @@ def _model_class(config: dict[str, Any], where: str) -> type[KernelSpaceModel]:
     return ARCHITECTURES[arch]
 
 
+def _parse_config(text: str, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{where}: not a model config (invalid JSON: {str(err)[:80]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: a model config is a JSON object of constructor arguments, got a {type(config).__name__}")
+    return config
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read model config {path}: {err}") from None
+    return _parse_config(text, str(path))
+
+
+def _shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensor shapes and the metadata of a safetensors file, from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err}); download or convert it again") from None
+
+
+def _build(cls: type[KernelSpaceModel], config: dict[str, Any], weights: Path, where: str) -> KernelSpaceModel:
+    """``cls(**config)`` with the weights of ``weights``, once the file's tensor names and shapes are those of
+    the config: a config from elsewhere is checked (on the meta device) before anything is allocated."""
+    kwargs = {k: v for k, v in config.items() if k != "architecture"}
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls(**kwargs).state_dict().items()}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: invalid {cls.__name__} config ({err})") from None
+    found, _ = _shapes(weights)
+    if found != expected:
+        missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+        shape = next((k for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]), None)
+        what = (f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}" if extra
+                else f"{shape!r} is {found[shape]}, the config needs {expected[shape]}")
+        raise ValueError(f"{weights}: the weights do not match the config of {where} ({what})")
+    model = cls(**kwargs)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model
 
 
 def _load_folder(folder: Path) -> KernelSpaceModel:
@@ -119,22 +166,47 @@ def _load_folder(folder: Path) -> KernelSpaceModel:
     missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
     if missing:
         raise ModelNotFoundError(f"{folder} is not a model folder: missing {', '.join(missing)}")
-    return _model_class(_read_config(config_path), str(folder)).from_pretrained(folder)
+    config = _read_config(config_path)
+    return _build(_model_class(config, str(config_path)), config, weights_path, str(config_path))
 
 
 def _load_safetensors_file(path: Path) -> KernelSpaceModel:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    _, meta = _shapes(path)
     if "kernelspace_config" in meta:
-        config = json.loads(meta["kernelspace_config"])
+        config = _parse_config(meta["kernelspace_config"], f"{path} (its kernelspace_config metadata)")
     elif (path.parent / CONFIG_NAME).is_file():
         config = _read_config(path.parent / CONFIG_NAME)
     else:  # a bare state dict, e.g. a published checkpoint saved as safetensors
         return _build_from_state_dict(load_file(str(path)), str(path))
-    cls = _model_class(config, str(path))
-    model = cls(**{k: v for k, v in config.items() if k != "architecture"})
-    model.load_state_dict(load_file(str(path)), strict=True)
-    return model
+    return _build(_model_class(config, str(path)), config, path, str(path))
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder that ``save_pretrained`` wrote and nothing else: only ``config.json``,
+    ``model.safetensors`` and ``README.md``, plain files, with a config naming a known architecture. Only such
+    a folder is ever replaced as "a model" (``convert --overwrite``, the trainer's ``OUT/model``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from kernelspace.models import KernelField
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "model"
+        >>> KernelField(cell=32, psf_size=7).save_pretrained(folder)
+        >>> is_model_folder(folder)
+        True
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> is_model_folder(folder)
+        False
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if not entries or any(p.name not in MODEL_FILES or p.is_symlink() or not p.is_file() for p in entries):
+        return False
+    try:
+        return _read_config(path / CONFIG_NAME).get("architecture") in ARCHITECTURES
+    except ValueError:
+        return False
 
 
 def _unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -150,8 +222,11 @@ def _unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
 
 def _build_from_state_dict(state_dict: dict[str, torch.Tensor], where: str) -> KernelSpaceModel:
     if "feature_extractor.0.weight" in state_dict and any(k.startswith("adapter.model.") for k in state_dict):
-        model = BKSNet(**BKSNet.config_from_state_dict(state_dict))
-        model.load_state_dict(state_dict, strict=True)
+        try:
+            model = BKSNet(**BKSNet.config_from_state_dict(state_dict))
+            model.load_state_dict(state_dict, strict=True)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{where}: not a BKS state dict this version can load ({str(err).splitlines()[0]})") from None
         return model
     sample = ", ".join(list(state_dict)[:3])
     raise ValueError(f"{where}: unrecognised checkpoint (first keys: {sample}); expected a BKS/KernelWizard state dict")
@@ -168,8 +243,16 @@ def read_published_checkpoint(path: str | os.PathLike) -> KernelSpaceModel:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for corrupt or unsafe files
-        raise ValueError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {err}") from None
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False, which would run whatever code the file holds: not relayed.
+        found = re.search(r"unsupported \S+ [\w.]+|Unsupported operand \d+", str(err), re.IGNORECASE)
+        raise ValueError(
+            f"{path} holds more than tensors ({found.group(0) if found else 'pickled objects'}), and kernelspace "
+            "never unpickles objects (that can run code); use the published checkpoint itself, or a .safetensors file"
+        ) from None
+    except Exception as err:  # torch raises several unrelated types for corrupt files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot read checkpoint {path}: {first} (a truncated or corrupt file? download it again)") from None
     return _build_from_state_dict(_unwrap_state_dict(obj, str(path)), str(path))
 
 
@@ -184,8 +267,12 @@ def _load_hub(
             repo_id, CONFIG_NAME, revision=revision, cache_dir=cache_dir, token=token,
             library_name="kernelspace", library_version=__version__,
         )
-        cls = _model_class(_read_config(Path(config_path)), repo_id)
-        return cls.from_pretrained(repo_id, revision=revision, cache_dir=cache_dir, token=token)
+        weights_path = hf_hub_download(
+            repo_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir, token=token,
+            library_name="kernelspace", library_version=__version__,
+        )
+        config = _read_config(Path(config_path))
+        return _build(_model_class(config, repo_id), config, Path(weights_path), where)
     except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError) as err:
         raise ModelNotFoundError(
             f"could not load model {where} from the Hugging Face Hub or its local cache "
@@ -199,23 +286,38 @@ def convert_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     """Write ``out_dir`` (``config.json``, ``model.safetensors``, model card) from a published checkpoint.
 
     The folder appears whole or not at all: it is written beside its final place and renamed into it. An
-    existing ``out_dir`` is replaced only with ``overwrite=True``, and never when it is the checkpoint's folder.
+    existing ``out_dir`` is replaced only with ``overwrite=True`` and only when it is a model folder
+    (:func:`is_model_folder`: what an earlier conversion wrote), never a folder with other files in it, a
+    symbolic link, or the checkpoint's folder.
     """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint, out_dir = Path(checkpoint), Path(os.path.abspath(out_dir))  # "." has a parent to write beside
     model = read_published_checkpoint(checkpoint)
+    if out_dir.is_symlink():
+        raise ValueError(f"{out_dir} is a symbolic link; give the folder itself, or a new folder")
     if out_dir.exists():
         if checkpoint.resolve().is_relative_to(out_dir.resolve()):
             raise ValueError(f"{out_dir} holds the input checkpoint; choose another output folder")
         if not overwrite:
             raise FileExistsError(f"{out_dir} already exists; choose a new folder or pass overwrite=True")
+        if not is_model_folder(out_dir):
+            names = ", ".join(sorted(p.name for p in out_dir.iterdir())[:3]) if out_dir.is_dir() else "a file"
+            raise ValueError(
+                f"{out_dir} is not a model folder kernelspace wrote (it holds {names or 'nothing'}); overwrite only "
+                "replaces config.json + model.safetensors + README.md folders: choose a new folder"
+            )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".part"))
+    token = secrets.token_hex(6)
+    tmp, old = (out_dir.with_name(f".{out_dir.name}.{token}.{end}") for end in ("part", "old"))
+    tmp.mkdir()  # not mkdtemp: the folder gets the permissions mkdir gives, not owner-only
     try:
         model.save_pretrained(tmp)
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, old)  # the old model moves aside, the new one takes its place, then the old goes
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return out_dir

@@ -151,3 +151,97 @@ def test_cli_info_and_convert(published_pth, tmp_path, capsys):
 def test_cli_entry_point_help():
     run = subprocess.run([sys.executable, "-m", "kernelspace.cli", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "convert" in run.stdout and "info" in run.stdout
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_convert_overwrite_only_replaces_a_model_folder(published_pth, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    (work / "photo.png").write_bytes(b"\x89PNG not really")
+    before = _tree(work)
+    monkeypatch.chdir(work)
+    assert cli_main(["convert", str(published_pth), ".", "--overwrite"]) == 2  # before: emptied the folder
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a model folder kernelspace wrote" in err and "notes.txt" in err
+    assert _tree(work) == before and sorted(p.name for p in work.iterdir()) == ["notes.txt", "photo.png"]
+    # A folder an earlier conversion wrote is replaced, and gets the permissions mkdir and open() give.
+    assert cli_main(["convert", str(published_pth), "model"]) == 0
+    stale = (work / "model" / "model.safetensors").read_bytes()
+    (work / "model" / "model.safetensors").write_bytes(stale[:100])
+    assert cli_main(["convert", str(published_pth), "model", "--overwrite"]) == 0
+    assert (work / "model" / "model.safetensors").read_bytes() == stale
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (work / "model").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (work / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # before: 0600
+    assert sorted(p.name for p in work.iterdir()) == ["model", "notes.txt", "photo.png"]
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_object_in_a_checkpoint_never_runs(tmp_path):
+    evil, marker = tmp_path / "GOPRO_wVAE.pth", tmp_path / "MARKER"
+    torch.save({"params": {"conv.weight": torch.zeros(1)}, "x": _Exploit(marker)}, evil)
+    with pytest.raises(ValueError, match="never unpickles") as err:
+        load_model(evil, device="cpu")
+    assert "weights_only=False" not in str(err.value) and "posix.system" in str(err.value)
+    assert not marker.exists()
+    (tmp_path / "cut.pth").write_bytes(evil.read_bytes()[:50])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(tmp_path / "cut.pth", device="cpu")
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"architecture": "bks", "front_RBs": 100000}', "front_RBs must be an integer from 0 to 100"),
+    ('{"architecture": "bks", "front_RBs": 10000000}', "front_RBs must be an integer from 0 to 100"),
+    ('{"architecture": "kernel-field", "psf_size": 100001}', "psf_size must be an integer from 1 to 255"),
+    ('{"architecture": "kernel-field", "iterations": 1000000000000}', "iterations must be an integer"),
+    ('{"architecture": "kernel-field", "psf_size": "7"}', "psf_size must be an integer from 1 to 255, got '7'"),
+    ('{"architecture": "kernel-field", "cell": 16, "psf_size": 7, "colour": 1}', "unexpected keyword"),
+    ('{"architecture": "bks", "nf": 8, "front_RBs": 2, "back_RBs": 1, "kernel_dim": 16, "n_blocks": 1}',
+     "the weights do not match the config"),
+    ("[1, 2]", "got a list"),
+    ("[" * 100000 + "]" * 100000, "invalid JSON"),
+])
+def test_a_hostile_config_is_refused_before_anything_is_allocated(tmp_path, config, message):
+    import time
+
+    folder = tmp_path / "model"
+    BKSNet(nf=8, front_RBs=1, back_RBs=1, kernel_dim=16, n_blocks=1).save_pretrained(folder)
+    (folder / "config.json").write_text(config)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message) as err:
+        load_model(folder, device="cpu")
+    assert time.perf_counter() - start < 5 and "config.json" in str(err.value)  # before: 150 s and 2.6 GB, or OOM
+
+
+def test_a_corrupt_weights_file_is_one_clear_error(tmp_path, capsys):
+    folder = tmp_path / "model"
+    BKSNet(nf=8, front_RBs=1, back_RBs=1, kernel_dim=16, n_blocks=1).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_model(folder, device="cpu")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_model(folder / "model.safetensors", device="cpu")
+
+
+def test_save_pretrained_is_byte_reproducible_across_processes(tmp_path):
+    code = ("import sys, torch; torch.manual_seed(0)\n"
+            "from kernelspace.models import KernelField\n"
+            "KernelField(cell=32, psf_size=9, latent_dim=4, vae_width=4).save_pretrained(sys.argv[1])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for i in range(3):  # safetensors orders its metadata by a per-process hash: different bytes before
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True, env=env, timeout=120)
+    files = {(tmp_path / str(i) / "model.safetensors").read_bytes() for i in range(3)}
+    assert len(files) == 1
+    assert load_model(tmp_path / "0", device="cpu").config["latent_dim"] == 4

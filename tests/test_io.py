@@ -127,3 +127,50 @@ def test_bad_types_and_files(tmp_path):
     junk.write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot read"):
         to_tensor(junk)
+
+
+def _modes(photo: np.ndarray, tmp_path) -> dict[str, Image.Image]:
+    crop = photo[:40, :56]
+    palette = Image.fromarray(crop).quantize(32)
+    palette.info["transparency"] = 5  # palette entry 5 is transparent: a tRNS chunk once saved
+    palette.save(tmp_path / "palette.png")
+    with Image.open(tmp_path / "palette.png") as saved:  # a real file, as an editor writes it
+        saved.load()
+    grey = crop[:, :, 1]
+    return {
+        "P": Image.fromarray(crop).quantize(32),
+        "P+transparency": saved,
+        "PA": Image.fromarray(crop).quantize(32).convert("PA"),
+        "LA": Image.fromarray(np.dstack([grey, crop[:, :, 0]])),
+        "I": Image.fromarray(grey.astype(np.int32) * 257),
+        "F": Image.fromarray(grey.astype(np.float32) / 255),
+        "CMYK": Image.fromarray(crop).convert("CMYK"),
+        "1": Image.fromarray(grey).convert("1"),
+    }
+
+
+@pytest.mark.parametrize("mode", ["P", "P+transparency", "PA", "LA", "I", "F", "CMYK", "1"])
+def test_every_pil_mode_is_read_correctly(photo, tmp_path, mode):
+    img = _modes(photo, tmp_path)[mode]
+    t, spec = to_tensor(img)
+    out = from_tensor(t, spec)
+    # The colour the image shows, and the transparency it carries, come back exactly.
+    if mode in ("I", "F"):
+        expected = np.asarray(img).astype(np.float64) / (65535 if mode == "I" else 1)
+        np.testing.assert_allclose(t[0, 0].double().numpy(), expected, atol=1e-6)
+        assert out.mode == mode
+        np.testing.assert_allclose(np.asarray(out), np.asarray(img), atol=1e-6)
+        return
+    shown = img.convert("RGBA" if spec.channels == 4 else "L" if mode == "1" else "RGB")
+    assert out.mode == shown.mode
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(shown))
+    assert spec.channels == (4 if mode in ("P+transparency", "PA", "LA") else 1 if mode == "1" else 3)
+    if mode == "P+transparency":  # the file's transparent pixels are there
+        assert set(np.unique(np.asarray(out)[:, :, 3])) == {0, 255}
+
+
+def test_pil_modes_that_cannot_be_read_are_refused(photo):
+    with pytest.raises(ValueError, match="mode I image with values from -1 .*0 to 65535"):
+        to_tensor(Image.fromarray(np.full((4, 4), -1, np.int32)))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        to_tensor(Image.fromarray(np.full((4, 4), 3.0, np.float32)))

@@ -20,6 +20,7 @@ from kernelspace.models import KernelField
 from kernelspace.jobs.swap import parse_shard, swap_dataset
 
 from .conftest import DATA, need
+from .hooks import pause_before_reading, release
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,18 +59,18 @@ def cli(*args: object, hook: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-# Kill the process right after the third synthetic image is in place, before its manifest line is written:
+# Kill the process right after the third synthetic image is listed in the manifest, before it is moved into place:
 # the worst moment, as a power cut would choose it.
-KILL_AFTER_THIRD_IMAGE = """
+KILL_AFTER_THIRD_LINE = """
 import os, signal
 import kernelspace.jobs.swap as swap
-real_save, written = swap.save_image, []
-def save_then_die(image, path):
-    real_save(image, path)
-    written.append(path)
+real_append, written = swap.append_line, []
+def append_then_die(log, entry):
+    real_append(log, entry)
+    written.append(entry)
     if len(written) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-swap.save_image = save_then_die
+swap.append_line = append_then_die
 """
 
 
@@ -78,11 +79,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(dataset: Path, model_dir
     options = ["--model", model_dir, "--pairs", "2", "--seed", "7", "--no-progress", "--device", "cpu"]
     full = cli("swap", dataset, tmp_path / "full", *options)
     assert full.returncode == 0, full.stderr
-    killed = cli("swap", dataset, tmp_path / "resumed", *options, hook=KILL_AFTER_THIRD_IMAGE)
+    killed = cli("swap", dataset, tmp_path / "resumed", *options, hook=KILL_AFTER_THIRD_LINE)
     assert killed.returncode == -9
     lines = (tmp_path / "resumed" / "swap_manifest.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # the third image is on disk but not yet recorded
-    # What a kill in the middle of a write leaves: a temporary file beside an unfinished output.
+    assert len(lines) == 3 and not (tmp_path / "resumed" / json.loads(lines[2])["output"]).exists()
+    # What a kill leaves: the run's temporary files, and (from earlier versions) a part file beside an output.
+    assert list((tmp_path / "resumed" / ".kernelspace-tmp").rglob("*.png"))
     (tmp_path / "resumed" / "GOPR0001_00" / "blur" / ".000002.png.k1ll3d.part").write_bytes(b"half an image")
     resumed = cli("swap", dataset, tmp_path / "resumed", *options)
     assert resumed.returncode == 0, resumed.stderr
@@ -159,3 +161,70 @@ def test_refuses_to_write_inside_the_input_or_to_mix_settings(dataset: Path, tmp
         parse_shard("3/3")
     with pytest.raises(ValueError, match="source must be"):
         swap_dataset(dataset, tmp_path / "x", source="real", model=model)
+
+
+def test_a_linked_subfolder_of_the_output_never_lets_the_input_be_written(dataset: Path, tmp_path: Path) -> None:
+    before = hashes(dataset)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(dataset / "GOPR0001_00", out / "GOPR0001_00")  # the output's subfolder is the input's
+    run = cli("swap", dataset, out, "--source", "prior", "--model", REPO / "kernelspace" / "weights" / "default",
+              "--no-progress", "--device", "cpu")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "outside the output folder" in run.stderr and "GOPR0001_00" in run.stderr
+    assert hashes(dataset) == before  # before: the real blurry inputs were overwritten, exit 0, "wrote 6"
+
+
+def test_more_source_pairs_than_the_dataset_has_warns_and_records_the_real_number(dataset: Path, model_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    run = cli("swap", dataset, tmp_path / "out", "--pairs", "8", "--model", model_dir, "--no-progress", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    assert "kernelspace swap: warning:" in run.stderr and "6 pairs, fewer than pairs=8" in run.stderr
+    assert "blur from 6 source pair(s)" in run.stdout
+    entries = [json.loads(line) for line in (tmp_path / "out" / "swap_manifest.jsonl").read_text().splitlines()]
+    assert {e["settings"]["pairs"] for e in entries} == {6} and len(entries[0]["settings"]["sources"]) == 6
+
+
+WAIT_FOR_GO = pause_before_reading("kernelspace.jobs.swap")
+
+
+def test_a_second_run_on_the_same_output_refuses_with_the_holders_pid(dataset: Path, tmp_path: Path) -> None:
+    import time
+
+    options = ["--source", "prior", "--model", REPO / "kernelspace" / "weights" / "default", "--no-progress", "--device", "cpu"]
+    code = f"import sys\n{WAIT_FOR_GO}\nfrom kernelspace.cli import main\nsys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-c", code, "swap", str(dataset), str(tmp_path / "out"), *map(str, options),
+                              str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "STARTED").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before it held the folder"
+        second = cli("swap", dataset, tmp_path / "out", *options)
+        sharded = cli("swap", dataset, tmp_path / "out", "--shard", "1/3", *options)
+    finally:
+        out, err = release(first, tmp_path)
+    for refused in (second, sharded):
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"is in use by another kernelspace run (pid {first.pid} " in refused.stderr
+    assert first.returncode == 0 and "wrote 6" in out, err
+    lines = (tmp_path / "out" / "swap_manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and len({json.loads(line)["output"] for line in lines}) == 6
+
+
+def test_shards_run_side_by_side_and_an_unreadable_pair_does_not_stop_the_rest(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    broken = sorted((data / "GOPR0002_00" / "sharp").iterdir())[0]
+    broken.write_text("not an image")
+    model = KernelField(cell=64, psf_size=17)
+    from kernelspace.jobs.outputs import OutputFolder
+
+    with OutputFolder(tmp_path / "out", shard=(0, 2)):  # another shard's run holds the folder meanwhile
+        summary = swap_dataset(data, tmp_path / "out", source="prior", model=model, shard=(1, 2), progress=False)
+    assert (summary.written, len(summary.failed)) == (2, 1) and summary.failed[0][0] == str(broken)
+    with pytest.raises(ValueError, match="cannot read"):
+        swap_dataset(data, tmp_path / "strict", source="prior", model=model, skip_errors=False, progress=False)

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_SUFFIXES, load_image, to_tensor
+from ..io import IMAGE_SUFFIXES, to_tensor
 
 __all__ = ["ImagePair", "LAYOUTS", "find_pairs", "list_images", "random_geometry", "PhotoFolder", "PairedFolder"]
 
@@ -162,7 +162,8 @@ def random_geometry(
 
 
 def _read(path: Path) -> torch.Tensor:
-    return to_tensor(load_image(path).convert("RGB"), name=str(path))[0][0]
+    """The colour of an image file, upright, at its full depth (16-bit files too); any alpha is left out."""
+    return to_tensor(path, name=str(path))[0][0]
 
 
 class _RandomViews(Dataset):

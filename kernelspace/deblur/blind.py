@@ -17,6 +17,7 @@ memory stays bounded and blur that varies across the image is handled locally.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
@@ -189,8 +190,18 @@ class BlindDeblurrer:
         self.deconvolve_options = dict(deconvolve_options or {})
         self.gradient_options = dict(gradient_options or {})
 
-    def __call__(self, image: ImageLike, *, return_kernel: bool = False) -> Any:
+    def __call__(
+        self,
+        image: ImageLike,
+        *,
+        return_kernel: bool = False,
+        tiles: MutableMapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> Any:
         """Deblur ``image`` (any kind :func:`kernelspace.io.to_tensor` accepts; a batch image by image).
+
+        ``tiles`` (one image only) holds finished tiles by index, ``(restored, kernel)``: those found in it are
+        not computed again and each newly finished tile is put in it, so a store that keeps them on disk lets a
+        large image resume tile by tile (see :mod:`kernelspace.jobs.deblur_files`).
 
         Returns:
             The sharp image in the same kind, dtype, layout and channel count as ``image``; with
@@ -206,11 +217,13 @@ class BlindDeblurrer:
             )
         # Grey images (three equal channels here) are deblurred once, not three times, on the fast path.
         channels = 1 if spec.channels == 1 and not self.gradient else 3
+        if tiles is not None and blurry.shape[0] != 1:
+            raise ValueError(f"tiles= keeps the tiles of one image; got a batch of {blurry.shape[0]}")
         sharp, kernels = [], []
         with torch.no_grad():
             for b in range(blurry.shape[0]):
                 one = blurry[b : b + 1, :channels].detach().to(self.device)
-                restored, kernel = self._deblur_one(one)
+                restored, kernel = self._deblur_one(one, tiles)
                 sharp.append(restored.expand(-1, 3, -1, -1))
                 kernels.append(kernel)
         result = from_tensor(torch.cat(sharp), spec)
@@ -219,7 +232,9 @@ class BlindDeblurrer:
         return result
 
     # -- one image -------------------------------------------------------------------------------------------
-    def _deblur_one(self, blurry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _deblur_one(
+        self, blurry: torch.Tensor, done: MutableMapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = blurry.shape[-2:]
         # Tiny images are mirrored up to a workable size (and cropped back at the end).
         pad_h, pad_w = max(0, _WORK_SIDE - height), max(0, _WORK_SIDE - width)
@@ -239,9 +254,15 @@ class BlindDeblurrer:
         best = torch.full(grid, -1.0)
         kernel = None
         with tqdm(total=total, unit=unit, desc="deblurring", disable=not self.progress, leave=False) as bar:
-            for tile in tiles:
+            for index, tile in enumerate(tiles):
                 rows, cols = tile.region
-                restored, tile_kernel = self._deblur_tile(work[..., rows, cols], bar)
+                if done is not None and index in done:
+                    restored, tile_kernel = (t.to(work.device) for t in done[index])
+                    bar.update(total // len(tiles))
+                else:
+                    restored, tile_kernel = self._deblur_tile(work[..., rows, cols], bar)
+                    if done is not None:
+                        done[index] = (restored, tile_kernel)
                 window = tile_window(tile, h, w, self.overlap).to(work.device)
                 out[..., rows, cols] += restored * window
                 weights[rows, cols] += window

@@ -13,34 +13,39 @@
 
 Every choice is a function of ``seed`` and the pair's key alone, so a run is the same whatever the order, the
 sharding or the interruptions. Each written file gets a line in a JSONL manifest (``swap_manifest.jsonl``, or
-``swap_manifest.shard-I-of-N.jsonl``): the sharp input, the output, the kernel's origin (source pair and crop, or
-prior seed) and the model, enough to regenerate it. Images are written atomically and the manifest line is
-appended only once the image is in place; a run that is started again skips what its manifests list. The input
-folder is only read.
+``swap_manifest.shard-I-of-N.jsonl``): the sharp input and its SHA-256, the output and its SHA-256, the kernel's
+origin (source pair and crop, or prior seed) and the settings (with the model's fingerprint and the source
+pairs' hashes), enough to regenerate it. A run that is started again skips the outputs its manifests list with
+the same settings, the same input and the same bytes, and refuses a folder holding outputs made with other
+settings or files it did not write. The output folder is held by one run (or one run per shard) at a time, and
+every file is written inside it (see :mod:`kernelspace.jobs.outputs`); the input folder is only read.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import json
 import os
 import random
 import shutil
-import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.folders import ImagePair, find_pairs
 from ..device import DeviceLike
 from ..hub import load_model
-from ..io import load_image, save_image
+from ..io import DEFAULT_JPEG_QUALITY, load_image, to_tensor
 from ..models import KernelSpaceModel
 from ..synthesis import ModelLike
+from .outputs import (
+    OutputFolder, append_line, compact_manifest, file_sha256, model_fingerprint, read_manifest, recorded_files,
+)
 
 __all__ = ["swap_dataset", "parse_shard", "SwapSummary", "SOURCES"]
 
@@ -58,6 +63,8 @@ class SwapSummary:
     written: int
     skipped: int  # already finished by an earlier run
     manifest: Path
+    sources: int = 0  # real pairs used as blur sources
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sharp input, why) of pairs that failed
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -81,15 +88,6 @@ def _draw(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
 
 
-def _fingerprint(model: KernelSpaceModel) -> str:
-    """A hash of the model's configuration and weights: which model made a file."""
-    digest = hashlib.sha256(json.dumps(model.config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _check_folders(input_root: Path, output_root: Path) -> None:
     inp, out = input_root.resolve(), output_root.resolve()
     if out == inp or out.is_relative_to(inp) or inp.is_relative_to(out):
@@ -100,50 +98,39 @@ def _check_folders(input_root: Path, output_root: Path) -> None:
 
 
 def _centre_crop(image: Any, side: int) -> tuple[Any, list[int]]:
-    width, height = image.size
+    array = isinstance(image, np.ndarray)  # 16-bit colour files load as arrays, the rest as PIL images
+    height, width = image.shape[:2] if array else image.size[::-1]
     h, w = (height, width) if side <= 0 else (min(side, height), min(side, width))
     top, left = (height - h) // 2, (width - w) // 2
-    return image.crop((left, top, left + w, top + h)), [top, left, h, w]
+    crop = image[top : top + h, left : left + w] if array else image.crop((left, top, left + w, top + h))
+    return crop, [top, left, h, w]
 
 
-def _remove_stale_parts(dst: Path) -> None:
-    """Delete temporary files a killed run left for ``dst`` (only this output's: other shards write others)."""
-    if dst.parent.is_dir():
-        for part in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):
-            part.unlink(missing_ok=True)
-
-
-def _place_copy(src: Path, dst: Path, link: bool) -> None:
+def _place_copy(folder: OutputFolder, src: Path, dst: Path, link: bool) -> None:
     """Put ``src`` at ``dst`` atomically: a hard link where asked and possible, else a copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
-    os.close(fd)
+    tmp = folder.temp_path(dst.name)
     try:
-        if link:
-            os.unlink(tmp)
-            try:
-                os.link(src, tmp)
-            except OSError:  # another file system, or links not allowed
-                shutil.copyfile(src, tmp)
-        else:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if not link:
+            raise OSError("a copy was asked for")
+        os.link(src, tmp)
+    except OSError:  # a copy asked for, another file system, or links not allowed
+        shutil.copyfile(src, tmp)
+    folder.place(tmp, dst)
 
 
-def _read_manifest(path: Path, repair: bool) -> list[dict]:
-    """The finished entries of a manifest. With ``repair`` (this run's own manifest), a line cut short by a kill is
-    dropped from the file; other shards' manifests are only read (their writers may be mid-line)."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if repair and end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+def _files_of(entry: dict) -> dict[str, str]:
+    """The file a manifest entry says was written: relative path -> SHA-256."""
+    return {entry["output"]: entry.get("output_sha256", "")}
+
+
+def _check_not_foreign(root: Path, rel: Any, sha256: set[str], what: str) -> None:
+    """Refuse to replace ``root / rel`` when it exists with bytes other than ``sha256`` (what this job wrote)."""
+    path = root / rel
+    if (path.exists() or path.is_symlink()) and (not path.is_file() or file_sha256(path) not in sha256):
+        raise ValueError(
+            f"{path} exists and is not {what}; kernelspace swap only replaces files it wrote: "
+            "move it away or choose another output folder"
+        )
 
 
 class _Kernels:
@@ -190,6 +177,8 @@ def swap_dataset(
     pairs: int = 8,
     extract_crop: int = 256,
     link: bool = False,
+    skip_errors: bool = True,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     progress: bool = True,
 ) -> SwapSummary:
     """Write a blur-swapped copy of the paired dataset at ``input_root`` to ``output_root``; resumable.
@@ -207,10 +196,14 @@ def swap_dataset(
         pairs: how many real pairs serve as blur sources.
         extract_crop: side of the centre crop kernels are extracted from (``0``: the whole image).
         link: hard-link the sharp images instead of copying them (falls back to a copy where links fail).
+        skip_errors: a pair whose image cannot be read or blurred is reported in ``failed`` and the run goes
+            on; ``False`` stops at the first one.
+        jpeg_quality: quality of JPEG (and WebP) blurry outputs, 1-100.
         progress: show a progress bar.
 
     Returns:
-        A :class:`SwapSummary`.
+        A :class:`SwapSummary`. A dataset with fewer than ``pairs`` pairs uses all of them as sources (a
+        warning says so; the manifest and ``SwapSummary.sources`` give the number used).
 
     Example:
         >>> import tempfile, pathlib, numpy as np
@@ -235,49 +228,84 @@ def swap_dataset(
     net = model if isinstance(model, KernelSpaceModel) else load_model(model, device=device)
     net.eval()
     chosen = sorted(random.Random(seed).sample(range(len(all_pairs)), min(pairs, len(all_pairs))))
-    kernels = _Kernels(net, [all_pairs[i] for i in chosen], extract_crop)
-    # What decides the outputs; a resumed run must match it. The model counts by its weights, not by its path.
+    if pairs > len(all_pairs) and source != "prior":
+        warnings.warn(f"{input_root} has {len(all_pairs)} pairs, fewer than pairs={pairs}: all {len(chosen)} serve "
+                      "as blur sources (the manifest records that number)", stacklevel=2)
+    sources = [all_pairs[i] for i in chosen]
+    kernels = _Kernels(net, sources, extract_crop)
+    # What decides the outputs; a resumed run must match it. The model counts by its weights, not by its path,
+    # and the source pairs by their bytes.
     settings = {
-        "layout": layout, "source": source, "seed": seed, "pairs": pairs, "extract_crop": extract_crop,
-        "model": {"architecture": net.architecture, "fingerprint": _fingerprint(net)},
+        "layout": layout, "source": source, "seed": seed, "pairs": len(chosen), "extract_crop": extract_crop,
+        "jpeg_quality": jpeg_quality, "model": {"architecture": net.architecture, "fingerprint": model_fingerprint(net)},
     }
+    if source != "prior":
+        settings["sources"] = {p.key: hashlib.sha256((file_sha256(p.sharp) + file_sha256(p.blurry)).encode()).hexdigest()[:16]
+                               for p in sources}
     model_source = "default" if model is None else "object" if isinstance(model, KernelSpaceModel) else str(model)
 
-    output_root.mkdir(parents=True, exist_ok=True)
     suffix = "" if shard_count == 1 else f".shard-{shard_index}-of-{shard_count}"
     manifest = output_root / f"{_MANIFEST}{suffix}.jsonl"
-    done: set[str] = set()
-    for path in sorted(output_root.glob(f"{_MANIFEST}*.jsonl")):
-        for entry in _read_manifest(path, repair=path == manifest):
-            if entry["settings"] != settings:
+    mine = [p for i, p in enumerate(all_pairs) if i % shard_count == shard_index]
+    failed: list[tuple[str, str]] = []
+    with OutputFolder(output_root, shard=(shard_index, shard_count)) as folder:
+        entries = []  # over every shard's manifest
+        for path in sorted(output_root.glob(f"{_MANIFEST}*.jsonl")):
+            entries += read_manifest(folder.confine(path), repair=path == manifest)
+        for entry in entries:
+            if entry.get("settings") != settings:
                 raise ValueError(
-                    f"{output_root} holds outputs made with other settings ({entry['settings']}); "
+                    f"{output_root} holds outputs made with other settings ({entry.get('settings')}); "
                     "give the same options to resume, or use a new output folder"
                 )
-            if (output_root / entry["output"]).is_file():
-                done.add(entry["output"])
-
-    mine = [p for i, p in enumerate(all_pairs) if i % shard_count == shard_index]
-    todo = [p for p in mine if str(p.blurry_rel) not in done]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="swap", unit="img", disable=not progress)
-    with open(manifest, "a", encoding="utf-8") as log:
-        for pair in todo:
-            for dst in (output_root / pair.sharp_rel, output_root / pair.blurry_rel):
-                _remove_stale_parts(dst)
-            sharp = load_image(pair.sharp)
-            origin = kernels.origin(pair, source, seed)
-            kernel, origin = kernels.kernel(origin, sharp.height, sharp.width)
-            blurry = net.apply_kernel(sharp, kernel)
-            _place_copy(pair.sharp, output_root / pair.sharp_rel, link)
-            save_image(blurry, output_root / pair.blurry_rel)
-            entry = {
-                "output": str(pair.blurry_rel), "sharp": str(pair.sharp_rel), "key": pair.key, "kernel": origin,
-                "settings": settings, "model_source": model_source,
-            }
-            log.write(json.dumps(entry, sort_keys=True) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            bar.update(1)
-    bar.close()
-    return SwapSummary(layout, len(mine), len(todo), len(mine) - len(todo), manifest)
+        latest = {e["output"]: e for e in entries}
+        recorded = recorded_files(entries, _files_of)
+        todo, sharp_hashes = [], {}
+        for pair in mine:
+            sharp_hashes[pair.key] = file_sha256(pair.sharp)
+            entry = latest.get(str(pair.blurry_rel))
+            out = output_root / pair.blurry_rel
+            if entry and entry.get("sharp_sha256") == sharp_hashes[pair.key] and out.is_file() \
+                    and file_sha256(out) == entry.get("output_sha256"):
+                continue
+            # Inside the output folder once links are resolved, and what is there may be replaced only if this job
+            # wrote it: a copy of the sharp input, a listed output.
+            for rel in (pair.sharp_rel, pair.blurry_rel):
+                folder.confine(rel)
+            _check_not_foreign(output_root, pair.sharp_rel, {sharp_hashes[pair.key]}, f"a copy of {pair.sharp}")
+            _check_not_foreign(output_root, pair.blurry_rel, recorded.get(str(pair.blurry_rel), set()),
+                               "an output listed in a manifest")
+            todo.append(pair)
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="swap", unit="img", disable=not progress)
+        with open(folder.confine(manifest), "ab") as log:
+            for pair in todo:
+                for rel in (pair.sharp_rel, pair.blurry_rel):
+                    folder.remove_legacy_parts(folder.confine(rel))
+                try:
+                    sharp = load_image(pair.sharp)
+                    origin = kernels.origin(pair, source, seed)
+                    kernel, origin = kernels.kernel(origin, *to_tensor(sharp)[0].shape[-2:])
+                    blurry = net.apply_kernel(sharp, kernel)
+                except (ValueError, Image.DecompressionBombError) as err:
+                    if not skip_errors:
+                        raise
+                    failed.append((str(pair.sharp), str(err)))
+                    bar.update(1)
+                    continue
+                _place_copy(folder, pair.sharp, folder.confine(pair.sharp_rel), link)
+                tmp = folder.save_image(blurry, folder.confine(pair.blurry_rel), quality=jpeg_quality)
+                entry = {
+                    "output": str(pair.blurry_rel), "sharp": str(pair.sharp_rel), "key": pair.key, "kernel": origin,
+                    "settings": settings, "model_source": model_source, "sharp_sha256": sharp_hashes[pair.key],
+                    "output_sha256": file_sha256(tmp),
+                }
+                # Listed first, placed second: a kill in between leaves a listed output that is missing (redone
+                # on resume), never an unlisted one, which would look like a file the job did not write.
+                append_line(log, entry)
+                folder.place(tmp, pair.blurry_rel)
+                bar.update(1)
+        bar.close()
+        compact_manifest(folder, manifest, _files_of)
+    written = len(todo) - len(failed)
+    return SwapSummary(layout, len(mine), written, len(mine) - len(todo), manifest, len(chosen), failed)
 

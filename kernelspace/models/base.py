@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,20 +27,49 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from safetensors.torch import load_model as load_safetensors_model
-from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 
+from ..files import save_tensors
 from ..io import ImageLike, from_tensor, to_tensor
 from ..metrics import charbonnier
 from ..physics.blur import reflect_pad
 
-__all__ = ["KernelSpaceModel", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["KernelSpaceModel", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME", "check_int", "check_number"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 #: Every model class by its ``architecture`` id, the key written into ``config.json``.
 ARCHITECTURES: dict[str, type[KernelSpaceModel]] = {}
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` if it is an integer in ``[low, high]``, else an error saying what is accepted.
+
+    Models check their configuration with it before allocating anything: a ``config.json`` from elsewhere can
+    ask for any size.
+
+    Example:
+        >>> check_int("psf_size", "7", 1, 255)
+        Traceback (most recent call last):
+        TypeError: psf_size must be an integer from 1 to 255, got '7' (str)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer from {low} to {high}, got {value!r} ({type(value).__name__})")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value}")
+    return int(value)
+
+
+def check_number(name: str, value: Any, low: float, high: float, *, above: bool = False) -> float:
+    """``value`` as a float if it is a finite number in ``[low, high]`` (``(low, high]`` with ``above``), else an
+    error saying what is accepted."""
+    interval = f"{'above' if above else 'at least'} {low:g} and at most {high:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number {interval}, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and (value > low if above else value >= low) and value <= high):
+        raise ValueError(f"{name} must be a number {interval}, got {value}")
+    return float(value)
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -205,6 +235,9 @@ class KernelSpaceModel(
             )
         if (generator is None) == (seed is None):
             raise ValueError("pass exactly one of generator= or seed= so that the sample can be reproduced")
+        for name, value in (("height", height), ("width", width)):
+            check_int(name, value, 1, 1 << 20)
+        check_int("batch", batch, 1, 1 << 16)
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.inference_mode():
@@ -225,6 +258,8 @@ class KernelSpaceModel(
         """
         if not self.has_prior:
             raise ValueError(f"{type(self).__name__} has no prior to sample from; use a model with one")
+        for name, value in (("height", height), ("width", width)):
+            check_int(name, value, 1, 1 << 20)
         seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
             raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r:.80}")
@@ -300,9 +335,10 @@ class KernelSpaceModel(
         return super().save_pretrained(save_directory, config=config or self.config, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        # The config also travels inside the weights file so that a lone .safetensors can be loaded.
+        # The config also travels inside the weights file so that a lone .safetensors can be loaded. Written
+        # reproducibly (the same model gives the same bytes) and with the permissions open() would give.
         metadata = {"kernelspace_config": json.dumps(self.config, sort_keys=True), "format": "pt"}
-        save_safetensors_model(self, str(save_directory / WEIGHTS_NAME), metadata=metadata)
+        save_tensors(save_directory / WEIGHTS_NAME, self.state_dict(), metadata)
 
     @classmethod
     def _from_pretrained(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import KernelSpaceModel
+from .base import KernelSpaceModel, check_int
 from .layers import ResidualBlock
 
 __all__ = ["BKSNet"]
@@ -147,6 +147,9 @@ class BKSNet(KernelSpaceModel, architecture="bks"):
         n_blocks: residual blocks at the end of the kernel extractor.
         use_vae: whether G outputs a mean and a sigma (the ``GOPRO_wVAE`` model).
 
+    Every argument is checked before anything is allocated: ``nf`` up to 256, ``front_RBs`` and ``back_RBs`` up
+    to 100, ``kernel_dim`` up to 4096 and ``n_blocks`` up to 32 (four or five times the published sizes).
+
     Example:
         >>> import torch
         >>> net = BKSNet(nf=8, front_RBs=1, back_RBs=1, kernel_dim=64, n_blocks=1)
@@ -171,6 +174,11 @@ class BKSNet(KernelSpaceModel, architecture="bks"):
         use_vae: bool = False,
     ) -> None:
         super().__init__()
+        nf, kernel_dim = check_int("nf", nf, 1, 256), check_int("kernel_dim", kernel_dim, 1, 4096)
+        front_RBs, back_RBs = check_int("front_RBs", front_RBs, 0, 100), check_int("back_RBs", back_RBs, 0, 100)  # noqa: N806
+        n_blocks = check_int("n_blocks", n_blocks, 0, 32)
+        if not isinstance(use_vae, bool):
+            raise TypeError(f"use_vae must be true or false, got {use_vae!r}")
         self.nf, self.kernel_dim, self.use_vae = nf, kernel_dim, use_vae
         self.feature_extractor = _feature_extractor(nf, front_RBs)
         self.kernel_extractor = _KernelExtractor(nf, 2 * kernel_dim if use_vae else kernel_dim, n_blocks)

@@ -38,7 +38,7 @@ from ..physics.blur import psf_blur
 from ..physics.eff import space_varying_blur
 from ..physics.kernel_estimation import estimate_psf_field
 from ..physics.psf import fit_canvas, rasterize_psf, shake_trajectory
-from .base import KernelSpaceModel
+from .base import KernelSpaceModel, check_int, check_number
 from .psf_vae import PSFAutoencoder
 
 __all__ = ["KernelField"]
@@ -109,14 +109,23 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         latent_variation: float = 0.3,
     ) -> None:
         super().__init__()
-        if psf_size % 2 == 0 or psf_size < 1:
+        # Checked before anything is allocated: a config.json from elsewhere can ask for any size.
+        if check_int("psf_size", psf_size, 1, 255) % 2 == 0:
             raise ValueError(f"psf_size must be a positive odd number, got {psf_size}")
-        if cell < 8 or cell % 2:
+        if check_int("cell", cell, 8, 4096) % 2:
             raise ValueError(f"cell must be an even number >= 8, got {cell}")
+        if gammas is not None and (not isinstance(gammas, (list, tuple)) or not 1 <= len(gammas) <= 16):
+            raise TypeError(f"gammas must be a list of 1 to 16 exponents (or null), got {gammas!r}")
         self.cell, self.psf_size = cell, psf_size
-        self.gammas = [float(g) for g in (gammas or [1.0, 2.2])]
-        self.iterations, self.refine_iterations, self.tikhonov = iterations, refine_iterations, tikhonov
-        self.prior_max_extent, self.prior_max_rotation = prior_max_extent, prior_max_rotation
+        self.gammas = [check_number("gammas", g, 0.0, 10.0, above=True) for g in (gammas or [1.0, 2.2])]
+        self.iterations = check_int("iterations", iterations, 1, 100_000)
+        self.refine_iterations = check_int("refine_iterations", refine_iterations, 0, 100_000)
+        self.tikhonov = check_number("tikhonov", tikhonov, 0.0, 1e6)
+        self.prior_max_extent = check_number("prior_max_extent", prior_max_extent, 0.0, 1e4, above=True)
+        self.prior_max_rotation = check_number("prior_max_rotation", prior_max_rotation, 0.0, 180.0)
+        check_int("latent_dim", latent_dim, 0, 1024)
+        check_int("vae_width", vae_width, 1, 512)
+        check_number("latent_variation", latent_variation, 0.0, 100.0)
         if prior not in ("trajectory", "latent") or (prior == "latent" and latent_dim < 1):
             raise ValueError(f"prior must be 'trajectory', or 'latent' with latent_dim > 0; got {prior!r} with latent_dim={latent_dim}")
         self.prior, self.latent_variation = prior, latent_variation
@@ -230,6 +239,23 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         self.latent_mean.copy_(mu.mean(0))
         self.latent_std.copy_(mu.std(0).clamp_min(1e-3))
 
+    def _check_kernel(self, kernel: torch.Tensor, batch: int) -> torch.Tensor:
+        kernel = super()._check_kernel(kernel, batch)
+        values = kernel.detach()
+        # A kernel under optimisation (deblurring by gradient) may pass through such cells; a given one may not.
+        if not kernel.requires_grad and not (values[:, :-1].clamp_min(0).sum(1) > 0).all():
+            raise ValueError(
+                "kernel has a cell whose PSF taps are all zero or negative (it would give a black image); "
+                "pass a kernel from extract_kernel/sample_kernel, or taps with a positive sum in every cell"
+            )
+        gamma = values[:, -1]
+        if not (gamma > 0).all():
+            raise ValueError(
+                f"kernel's last channel is the camera-response exponent gamma and must be positive, got "
+                f"{float(gamma.min()):g} (1.0 for linear data, 2.2 for a typical camera)"
+            )
+        return kernel
+
     # -- F, G and the prior on padded tensors ------------------------------------------------------------------
     def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         if kernel.shape[0] > 1 and kernel.stride(0) == 0:
@@ -264,7 +290,9 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
                 best_gamma = torch.where(better, torch.full_like(err, gamma), best_gamma)
                 best_err = torch.minimum(err, best_err)
         b, h, w, s, _ = best_psf.shape
-        init = F.interpolate(best_psf.reshape(-1, 1, s, s), size=(2 * s, 2 * s), mode="bilinear", align_corners=False)
+        # Twice the side, odd: a psf_size of 3 mod 4 has a half size of (S - 1) / 2, whose double S - 1 is even.
+        side = 2 * s if 2 * s > self.psf_size else 2 * s + 1
+        init = F.interpolate(best_psf.reshape(-1, 1, s, s), size=(side, side), mode="bilinear", align_corners=False)
         init = self.fit_canvas(init[:, 0]).reshape(b, h, w, self.psf_size, self.psf_size)
         g = best_gamma.view(-1, 1, 1, 1)
         psf = estimate_psf_field(
