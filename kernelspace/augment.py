@@ -1,24 +1,30 @@
 """Blur augmentation from a kernel space: real blurs (kernels of your own blurry/sharp pairs) or the model's prior.
 
-:class:`KernelSpaceAugment` blurs each image of a batch, independently, with probability ``p``, using a kernel
-drawn from a fixed pool. The pool is built once (per image size and device) and every batch costs a single call
-of the model's blur operator, so the augmentation adds little to the operator itself.
+:class:`KernelSpaceAugment` blurs each image of a batch, independently, with probability ``p``. By default every
+blurred sample gets its own kernel, drawn from the model's prior from a seed of its own
+(:meth:`~kernelspace.models.KernelSpaceModel.sample_kernels`); real kernels, or a fixed pool of prior kernels
+(``pool_size=``), are drawn from by index. Every batch costs one draw of its kernels and one call of the model's
+blur operator.
 
 It is a real :mod:`kornia.augmentation` intensity augmentation (it drops into
 :class:`kornia.augmentation.AugmentationSequential`, masks and boxes pass through), and, like a torchvision
 transform, it takes PIL images and numpy arrays too and gives back the kind it was given.
 
 Random parameters are drawn apart from their application, as in kornia: :meth:`KernelSpaceAugment.forward_parameters`
-returns a dict (``batch_prob``: which samples are blurred; ``kernel_index``: the pool kernel of each), and
-``aug(x, params=params)`` or ``aug.apply(x, params)`` replays exactly; the last parameters are kept in
-``aug._params``, so the same blur can be put on a second input.
+returns a dict (``batch_prob``: which samples are blurred; ``kernel_index``: the pool kernel of each, or -1 for a
+kernel of its own; ``kernel_seed``: the seed of that kernel), and ``aug(x, params=params)`` or
+``aug.apply(x, params)`` replays exactly, in any process; the last parameters are kept in ``aug._params``, so
+the same blur can be put on a second input, and :meth:`KernelSpaceAugment.kernels` gives the kernels themselves.
 
 DataLoader workers: the augmentation pickles without its model; each worker loads the model once, on first use
 (the default model, or the ``model=`` source given). PyTorch runs every worker with ``torch.set_num_threads(1)``
-and the augmentation starts no threads of its own, so ``num_workers`` workers use ``num_workers`` cores. Parameters
-are drawn from PyTorch's global generator unless a ``generator`` is passed; DataLoader seeds that generator in
-each worker from its own, so ``DataLoader(..., generator=torch.Generator().manual_seed(s))`` (or
-``torch.manual_seed(s)`` before iterating) makes an epoch reproducible.
+and the augmentation starts no threads of its own, so ``num_workers`` workers use ``num_workers`` cores. Blurring
+batches in the main process beside busy workers, give ``threads=1`` (or call ``torch.set_num_threads``): threads
+that wait for cores the workers hold make it several times slower. Parameters are drawn from PyTorch's global
+generator unless a ``generator`` is passed; DataLoader seeds that generator in each worker from its own
+generator, anew every epoch, so every worker and epoch draws other blurs, and
+``DataLoader(..., generator=torch.Generator().manual_seed(s))`` (or ``torch.manual_seed(s)`` before iterating)
+replays a run.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 from kornia.augmentation import IntensityAugmentationBase2D
 
+from .device import check_threads, torch_threads
 from .hub import load_model
 from .io import ImageLike, from_tensor, to_tensor
 from .models import KernelSpaceModel
@@ -39,8 +46,9 @@ from .synthesis import ModelLike
 __all__ = ["KernelSpaceAugment"]
 
 _SOURCES = ("prior", "pool", "both")
-_PARAM_KEYS = ("batch_prob", "kernel_index")
-_MAX_POOLS = 16  # kernel grids whose pools are kept (64 kernels of the default model: 0.4 MB per grid cell)
+_PARAM_KEYS = ("batch_prob", "kernel_index", "kernel_seed")
+_MAX_POOLS = 16  # kernel grids whose pools are kept (the default model's kernels: 6.7 KB per kernel and grid cell)
+_OWN = -1  # kernel_index of a sample whose kernel is drawn from its own seed
 
 
 class KernelSpaceAugment(IntensityAugmentationBase2D):
@@ -59,21 +67,29 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             not pickled; a model object is pickled with the augmentation.
         return_pair: return ``(sharp, blurry)`` instead of the blurry image alone (training data for deblurring
             networks); unblurred samples have ``blurry == sharp``. Not for use inside kornia containers.
-        pool_size: number of prior kernels in the pool (``source="prior"`` or ``"both"``).
-        pool_seed: seed of the prior kernels: the pool, and so a replay of ``params``, is the same in every
-            process.
+        pool_size: ``None`` (the default): every sample drawn from the prior gets a kernel of its own, from its own
+            seed (``params["kernel_seed"]``). A number: the prior's kernels come from a fixed pool of that many,
+            the same in every process and run (a network trained on it sees only ``pool_size`` blurs; for
+            reproducing earlier experiments). With the default model the pool holds ``pool_size`` x 6.7 KB per
+            128-px cell of the image: 330 MB for 64 kernels at 4000x3000.
+        pool_seed: seed of the fixed pool's kernels (with ``pool_size``).
+        threads: CPU threads PyTorch uses while blurring (``None``: PyTorch's setting). Inside DataLoader workers
+            PyTorch already uses one; in the main process beside busy workers, ``threads=1`` is often several
+            times faster than the default of one per core (:func:`~kernelspace.device.torch_threads`).
 
     Example:
         >>> import torch
         >>> from kernelspace.models import KernelField
-        >>> aug = KernelSpaceAugment(p=1.0, model=KernelField(cell=32, psf_size=7), pool_size=8)
+        >>> aug = KernelSpaceAugment(p=1.0, model=KernelField(cell=32, psf_size=7))
         >>> x = torch.rand(4, 3, 32, 48)
         >>> y = aug(x, generator=torch.Generator().manual_seed(0))
-        >>> y.shape, aug._params["kernel_index"].shape
+        >>> y.shape, aug._params["kernel_seed"].shape
         (torch.Size([4, 3, 32, 48]), torch.Size([4]))
         >>> torch.equal(aug(x, params=aug._params), y)  # replay
         True
-        >>> sharp, blurry = KernelSpaceAugment(p=1.0, model=aug.model, pool_size=8, return_pair=True)(x[0])
+        >>> aug.kernels(aug._params, 32, 48).shape  # each sample's own kernel
+        torch.Size([4, 50, 1, 2])
+        >>> sharp, blurry = KernelSpaceAugment(p=1.0, model=aug.model, return_pair=True)(x[0])
         >>> sharp.shape, blurry.shape
         (torch.Size([3, 32, 48]), torch.Size([3, 32, 48]))
     """
@@ -85,9 +101,11 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         source: str | None = None,
         model: ModelLike = None,
         return_pair: bool = False,
-        pool_size: int = 64,
+        pool_size: int | None = None,
         pool_seed: int = 0,
+        threads: int | None = None,
     ) -> None:
+        self.threads = check_threads(threads)
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         super().__init__(p=float(p), same_on_batch=False, keepdim=True)
@@ -99,8 +117,8 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             raise ValueError(f"source={source!r} draws from kernels=, but none were given (or use source='prior')")
         if kernels is not None and source == "prior":
             raise ValueError("kernels were given but source='prior' ignores them; use source='pool' or 'both'")
-        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
-            raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+        if pool_size is not None and (not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1):
+            raise ValueError(f"pool_size must be None (a kernel per sample) or a positive integer, got {pool_size!r}")
         if not isinstance(pool_seed, int) or isinstance(pool_seed, bool):
             raise ValueError(f"pool_seed must be an integer, got {pool_seed!r}")
         if not isinstance(return_pair, bool):
@@ -134,8 +152,13 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
 
     @property
     def num_kernels(self) -> int:
-        """Size of the pool that ``kernel_index`` points into: the real kernels first, then the prior's."""
-        return len(self._real_kernels) + (self.pool_size if self.source != "pool" else 0)
+        """Size of the pool that ``kernel_index`` points into: the real kernels first, then the prior's fixed pool
+        (with ``pool_size``)."""
+        return len(self._real_kernels) + (self.pool_size if self._prior_pooled else 0)
+
+    @property
+    def _prior_pooled(self) -> bool:
+        return self.source != "pool" and self.pool_size is not None
 
     def _model_on(self, device: torch.device | str) -> KernelSpaceModel:
         key = str(torch.device(device))
@@ -174,11 +197,12 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         return out
 
     def kernel_pool(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The ``(num_kernels, C, h, w)`` kernels for images of ``height`` x ``width`` on ``device`` (cached).
+        """The ``(num_kernels, C, h, w)`` kernels that ``kernel_index`` points into, for images of ``height`` x
+        ``width`` on ``device`` (cached).
 
-        Real kernels are resized to that image size's kernel grid; prior kernels are drawn for it (from
-        ``pool_seed``, so kernel ``i`` is the same camera shake at every size). Sizes with the same grid share one
-        pool, and the most recently built pools are kept.
+        Real kernels are resized to that image size's kernel grid; a fixed pool of prior kernels (``pool_size``) is
+        drawn for it (from ``pool_seed``, so kernel ``i`` is the same camera shake at every size). Sizes with the
+        same grid share one pool, and the most recently built pools are kept.
         """
         model = self._model_on(device)
         key = (str(model.device), *model.kernel_size_for(height, width))
@@ -186,17 +210,39 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             if len(self._pools) >= _MAX_POOLS:  # many image sizes: forget the oldest grid
                 del self._pools[next(iter(self._pools))]
             parts = [model.resize_kernel(k.to(model.device), height, width) for k in self._real_kernels]
-            if self.source != "pool":
+            if self._prior_pooled:
                 generator = torch.Generator().manual_seed(self.pool_seed)
                 parts.append(model.sample_kernel(height, width, batch=self.pool_size, generator=generator))
-            self._pools[key] = torch.cat(parts)
+            grid = model.kernel_size_for(height, width)
+            empty = torch.empty(0, model.kernel_channels, *grid, device=model.device)
+            self._pools[key] = torch.cat(parts) if parts else empty
         return self._pools[key]
 
     # -- parameters ----------------------------------------------------------------------------------------------
+    def kernels(
+        self, params: dict[str, torch.Tensor], height: int, width: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """The ``(B, C, h, w)`` kernel each sample of ``params`` stands for (blurred or not), for images of
+        ``height`` x ``width``: to keep the true kernel beside a training pair, or to study the blurs drawn.
+        """
+        self._check_params(params)
+        model = self._model_on(device)
+        index, seeds = params["kernel_index"].cpu(), params["kernel_seed"].cpu()
+        own = index == _OWN
+        grid = model.kernel_size_for(height, width)
+        out = torch.empty(len(index), model.kernel_channels, *grid, device=model.device)
+        if bool(own.any()):
+            out[own.to(out.device)] = model.sample_kernels(height, width, seeds[own])
+        if not bool(own.all()):
+            pool = self.kernel_pool(height, width, device)
+            out[(~own).to(out.device)] = pool[index[~own].to(pool.device)]
+        return out
+
     def forward_parameters(
         self, batch_shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Draw which samples are blurred (``batch_prob``) and the pool kernel of each (``kernel_index``).
+        """Draw which samples are blurred (``batch_prob``), the pool kernel of each (``kernel_index``, -1 for a
+        kernel of its own) and the seed of its own kernel (``kernel_seed``).
 
         Args:
             batch_shape: the batch's shape (only its first entry, the batch size, matters).
@@ -209,8 +255,10 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         # A fixed drawing order, everything drawn whatever the options: a seed gives each sample the same draws.
         gate = torch.rand(batch, generator=generator) < self.p
         real = torch.randint(0, max(1, len(self._real_kernels)), (batch,), generator=generator)
-        prior = len(self._real_kernels) + torch.randint(0, self.pool_size, (batch,), generator=generator)
+        pooled = len(self._real_kernels) + torch.randint(0, self.pool_size or 1, (batch,), generator=generator)
         use_prior = torch.rand(batch, generator=generator) < 0.5
+        seed = torch.randint(0, 2**62, (batch,), generator=generator)
+        prior = pooled if self._prior_pooled else torch.full_like(pooled, _OWN)
         if self.source == "pool":
             index = real
         elif self.source == "prior":
@@ -220,20 +268,27 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         return {
             "batch_prob": gate.float(),
             "kernel_index": index,
+            "kernel_seed": seed,
             "forward_input_shape": torch.tensor(tuple(batch_shape), dtype=torch.long),
         }
 
-    def _check_params(self, params: Any, batch: int) -> None:
+    def _check_params(self, params: Any, batch: int | None = None) -> None:
+        """Raise unless ``params`` fit this augmentation (and a batch of ``batch``, when given)."""
         if not isinstance(params, dict) or any(k not in params for k in _PARAM_KEYS):
             raise ValueError(
                 f"params must be a dict with {', '.join(_PARAM_KEYS)} (from forward_parameters or aug._params), "
                 f"got {params!r:.80}"
             )
         index = params["kernel_index"]
-        if params["batch_prob"].shape != (batch,) or index.shape != (batch,):
+        batch = index.shape[0] if batch is None else batch
+        if any(params[k].shape != (batch,) for k in _PARAM_KEYS):
             raise ValueError(f"params were drawn for a batch of {index.shape[0]} images, got {batch}")
-        if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < self.num_kernels:
-            raise ValueError(f"params['kernel_index'] must lie in [0, {self.num_kernels}), the pool's size")
+        lowest = _OWN if self.source != "pool" and not self._prior_pooled else 0
+        if index.numel() and not lowest <= int(index.min()) <= int(index.max()) < self.num_kernels:
+            raise ValueError(
+                f"params['kernel_index'] must lie in [{lowest}, {self.num_kernels}): the pool's kernels"
+                + (", or -1 for a kernel drawn from the sample's kernel_seed" if lowest < 0 else "")
+            )
 
     # -- applying ------------------------------------------------------------------------------------------------
     def apply_transform(
@@ -243,19 +298,23 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         flags: dict[str, Any],
         transform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """kornia's hook: blur the selected samples of a ``(B, C, H, W)`` batch with their pool kernels."""
+        """kornia's hook: blur the selected samples of a ``(B, C, H, W)`` batch with their kernels."""
         self._check_params(params, input.shape[0])
+        with torch_threads(self.threads):
+            return self._blur_selected(input, params)
+
+    def _blur_selected(self, input: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         selected = (params["batch_prob"] > 0.5).cpu()
         if not bool(selected.any()):
             return input
-        pool = self.kernel_pool(input.shape[-2], input.shape[-1], input.device)
         model = self._model_on(input.device)
-        index = params["kernel_index"].to(pool.device)
+        height, width = input.shape[-2:]
         if bool(selected.all()):  # one call for the whole batch, no copies
-            return model.apply_kernel(input, pool[index])
+            return model.apply_kernel(input, self.kernels(params, height, width, input.device))
+        chosen = {k: params[k].cpu()[selected] for k in _PARAM_KEYS}
         rows = selected.nonzero().flatten().to(input.device)
         out = input.clone()
-        out[rows] = model.apply_kernel(input[rows], pool[index[rows.to(pool.device)]])
+        out[rows] = model.apply_kernel(input[rows], self.kernels(chosen, height, width, input.device))
         return out
 
     def forward(

@@ -1,10 +1,14 @@
-"""Turning the user's ``device=`` argument into a :class:`torch.device`."""
+"""Where the work runs: the user's ``device=`` argument as a :class:`torch.device`, and ``threads=`` as the number
+of CPU threads PyTorch uses meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["resolve_device", "DeviceLike"]
+__all__ = ["resolve_device", "DeviceLike", "check_threads", "torch_threads"]
 
 DeviceLike = str | torch.device
 
@@ -39,3 +43,37 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {str(dev)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     return dev
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is ``None`` or a positive integer; a ``ValueError`` saying what is accepted otherwise."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be None (PyTorch's setting) or a positive integer, got {threads!r}")
+    return threads
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op CPU threads (``torch.set_num_threads``), then restore the setting;
+    ``None`` leaves PyTorch's setting alone.
+
+    Why: PyTorch uses one thread per core by default, which is fastest on an idle machine, but on a CPU that other
+    processes share its threads wait for each other: on a loaded 2-core machine one thread blurred 3-5x faster
+    (wall time) than two (docs/synthesis.md). The setting is process-wide, so the block should not run beside other
+    PyTorch work in threads of the same process.
+
+    Example:
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+    """
+    check_threads(threads)
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,12 +13,14 @@ back as a list. Tensors may live on the CPU or a GPU; results come back on the i
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
-from .device import DeviceLike, resolve_device
+from .device import DeviceLike, check_threads, resolve_device, torch_threads
 from .hub import load_model
 from .io import ImageLike, to_tensor
 from .models import KernelSpaceModel
@@ -27,6 +29,20 @@ __all__ = ["BlurSynthesizer", "ModelLike"]
 
 #: What the ``model=`` arguments accept: a loaded model, or anything :func:`~kernelspace.load_model` takes.
 ModelLike = KernelSpaceModel | str | os.PathLike | None
+
+
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def _in_threads(method: _Method) -> _Method:
+    """Run a :class:`BlurSynthesizer` method with the synthesizer's ``threads``."""
+
+    @functools.wraps(method)
+    def wrapper(self: BlurSynthesizer, *args, **kwargs):
+        with torch_threads(self.threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _is_list(images: object) -> bool:
@@ -48,6 +64,12 @@ class BlurSynthesizer:
         model: a loaded :class:`~kernelspace.models.KernelSpaceModel`, or anything :func:`~kernelspace.load_model`
             accepts (``None``: the default model shipped with the package).
         device: where the model runs: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        threads: CPU threads PyTorch uses during each call (``None``: PyTorch's setting, one per core unless
+            changed). On a CPU shared with other work, ``threads=1`` is often several times faster
+            (:func:`~kernelspace.device.torch_threads`).
+
+    Memory: the blur runs a block of the image at a time, so a 4000x3000 photo needs about 1.1 GB (the model and
+    PyTorch included) and a 1280x720 frame about 0.4 GB (docs/synthesis.md).
 
     Example:
         >>> import numpy as np
@@ -64,7 +86,8 @@ class BlurSynthesizer:
         (40, 50, 3)
     """
 
-    def __init__(self, model: ModelLike = None, device: DeviceLike = "auto") -> None:
+    def __init__(self, model: ModelLike = None, device: DeviceLike = "auto", threads: int | None = None) -> None:
+        self.threads = check_threads(threads)
         dev = resolve_device(device)
         if isinstance(model, KernelSpaceModel):
             self.model = model.to(dev).eval()
@@ -77,14 +100,17 @@ class BlurSynthesizer:
             )
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike | None, device: DeviceLike = "auto") -> BlurSynthesizer:
+    def from_pretrained(
+        cls, source: str | os.PathLike | None, device: DeviceLike = "auto", threads: int | None = None
+    ) -> BlurSynthesizer:
         """A synthesizer with the model at ``source`` (anything :func:`~kernelspace.load_model` accepts)."""
-        return cls(load_model(source, device=device))
+        return cls(load_model(source, device=device), threads=threads)
 
     def __repr__(self) -> str:
         return f"BlurSynthesizer(model={type(self.model).__name__}, device={self.model.device})"
 
     # -- the model's G and F -------------------------------------------------------------------------------------
+    @_in_threads
     def extract_kernel(
         self, sharp: ImageLike | Sequence[ImageLike], blurry: ImageLike | Sequence[ImageLike]
     ) -> torch.Tensor | list[torch.Tensor]:
@@ -106,6 +132,7 @@ class BlurSynthesizer:
             return [self.model.extract_kernel(x, y) for x, y in zip(sharp_list, blurry_list)]
         return self.model.extract_kernel(sharp, blurry)
 
+    @_in_threads
     def apply_kernel(
         self, sharp: ImageLike | Sequence[ImageLike], kernel: torch.Tensor | Sequence[torch.Tensor]
     ) -> ImageLike | list[ImageLike]:
@@ -128,6 +155,7 @@ class BlurSynthesizer:
         return self.model.apply_kernel(sharp, kernel)
 
     # -- synthesis -----------------------------------------------------------------------------------------------
+    @_in_threads
     def transfer(
         self,
         source_sharp: ImageLike | Sequence[ImageLike],
@@ -154,6 +182,7 @@ class BlurSynthesizer:
             return self.apply_kernel(targets, kernels)
         return self.apply_kernel(target_sharp, self.extract_kernel(source_sharp, source_blurry))
 
+    @_in_threads
     def sample(
         self, sharp: ImageLike | Sequence[ImageLike], n: int = 1, seed: int | None = None
     ) -> ImageLike | list[ImageLike]:

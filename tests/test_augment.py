@@ -34,7 +34,7 @@ def seeded(seed: int) -> torch.Generator:
 
 
 def test_every_input_kind_comes_back_as_given(crops: torch.Tensor) -> None:
-    aug = KernelSpaceAugment(p=1.0, model=small_model(), pool_size=4)
+    aug = KernelSpaceAugment(p=1.0, model=small_model())
     rgb = (crops[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     cases = [Image.fromarray(rgb), Image.fromarray(rgb).convert("L"), rgb, rgb[..., 0], crops[0], crops, crops.double()]
     for image in cases:
@@ -51,7 +51,7 @@ def test_every_input_kind_comes_back_as_given(crops: torch.Tensor) -> None:
 
 
 def test_each_sample_is_blurred_independently(crops: torch.Tensor) -> None:
-    aug = KernelSpaceAugment(p=0.5, model=small_model(), pool_size=16)
+    aug = KernelSpaceAugment(p=0.5, model=small_model())
     params = aug.forward_parameters(crops.shape, seeded(3))
     out = aug(crops, params=params)
     chosen = params["batch_prob"] > 0.5
@@ -64,12 +64,31 @@ def test_each_sample_is_blurred_independently(crops: torch.Tensor) -> None:
         assert torch.allclose(alone[0], out[i], atol=1e-5)
     # The same image throughout a batch gets different kernels.
     same = crops[:1].expand(8, -1, -1, -1).contiguous()
-    blurred = KernelSpaceAugment(p=1.0, model=small_model(), pool_size=16)(same, generator=seeded(0))
-    assert len({tuple(b.flatten()[:200].tolist()) for b in blurred}) > 4
+    blurred = KernelSpaceAugment(p=1.0, model=small_model())(same, generator=seeded(0))
+    assert len({tuple(b.flatten()[:200].tolist()) for b in blurred}) == 8
+
+
+def _distinct(images: torch.Tensor) -> int:
+    return len({bytes(image.numpy().tobytes()) for image in images})
+
+
+def test_every_sample_gets_a_blur_of_its_own(crops: torch.Tensor) -> None:
+    # 3,200 samples, batch by batch as in training, all of one real crop: each blurred sample shows its kernel.
+    # (A fixed pool of 64 prior kernels, the earlier default, gave 64 distinct blurs here.)
+    aug = KernelSpaceAugment(p=1.0, model=small_model())
+    same = crops[:1].expand(16, -1, -1, -1).contiguous()
+    torch.manual_seed(0)
+    outputs, kernels = [], []
+    for _ in range(200):
+        outputs.append(aug(same))
+        kernels.append(aug.kernels(aug._params, *same.shape[-2:]))
+    assert _distinct(torch.cat(outputs)) == 3200 and _distinct(torch.cat(kernels)) == 3200
+    pooled = KernelSpaceAugment(p=1.0, model=small_model(), pool_size=64)
+    assert _distinct(torch.cat([pooled(same) for _ in range(20)])) <= 64
 
 
 def test_seeds_and_replay(crops: torch.Tensor) -> None:
-    aug = KernelSpaceAugment(p=0.7, model=small_model(), pool_size=8)
+    aug = KernelSpaceAugment(p=0.7, model=small_model())
     a, b, c = aug(crops, generator=seeded(1)), aug(crops, generator=seeded(1)), aug(crops, generator=seeded(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     torch.manual_seed(5)
@@ -81,13 +100,18 @@ def test_seeds_and_replay(crops: torch.Tensor) -> None:
     other = crops.flip(-1)
     assert torch.equal(aug(other, params=params), aug.apply(other, params))
     assert torch.equal(aug.apply(crops, params), d)
-    # Another instance with the same pool settings replays identically (the pool comes from pool_seed).
-    twin = KernelSpaceAugment(p=0.7, model=small_model(), pool_size=8)
+    # Another instance replays identically: each sample's kernel comes from its seed in the parameters.
+    twin = KernelSpaceAugment(p=0.7, model=small_model())
     assert torch.equal(twin.apply(crops, params), d)
+    # So does one with a fixed pool, from the pool's seed.
+    pooled = KernelSpaceAugment(p=0.7, model=small_model(), pool_size=8)
+    pooled_params = pooled.forward_parameters(crops.shape, seeded(1))
+    assert torch.equal(KernelSpaceAugment(p=0.7, model=small_model(), pool_size=8)(crops, params=pooled_params),
+                       pooled(crops, params=pooled_params))
 
 
 def test_return_pair(crops: torch.Tensor) -> None:
-    aug = KernelSpaceAugment(p=1.0, model=small_model(), pool_size=4, return_pair=True)
+    aug = KernelSpaceAugment(p=1.0, model=small_model(), return_pair=True)
     sharp, blurry = aug(crops, generator=seeded(0))
     assert torch.equal(sharp, crops) and blurry.shape == crops.shape and not torch.equal(blurry, crops)
     pil = Image.fromarray((crops[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
@@ -106,12 +130,20 @@ def test_kernel_pool_from_real_pairs(crops: torch.Tensor) -> None:
     # The extracted kernel reproduces the pair's blur on a new image better than the identity does.
     target = crops[5:6]
     truth = model.apply_kernel(target, k)
-    moved = aug(target, params={"batch_prob": torch.ones(1), "kernel_index": torch.zeros(1, dtype=torch.long)})
+    first = {"batch_prob": torch.ones(1), "kernel_index": torch.zeros(1, dtype=torch.long),
+             "kernel_seed": torch.zeros(1, dtype=torch.long)}
+    moved = aug(target, params=first)
     assert (moved - truth).abs().mean() < 0.5 * (target - truth).abs().mean()
-    both = KernelSpaceAugment(p=1.0, kernels=pool, source="both", model=model, pool_size=6)
+    # Half real kernels, half the prior's: drawn afresh (index -1, from the sample's seed) or from a fixed pool.
+    both = KernelSpaceAugment(p=1.0, kernels=pool, source="both", model=model)
     index = both.forward_parameters((400,), seeded(0))["kernel_index"]
+    assert both.num_kernels == 2 and 0.4 < float((index == -1).float().mean()) < 0.6 and int(index.max()) < 2
+    pooled = KernelSpaceAugment(p=1.0, kernels=pool, source="both", model=model, pool_size=6)
+    index = pooled.forward_parameters((400,), seeded(0))["kernel_index"]
     real = index < 2
-    assert both.num_kernels == 8 and 0.4 < float(real.float().mean()) < 0.6 and int(index.max()) < 8
+    assert pooled.num_kernels == 8 and 0.4 < float(real.float().mean()) < 0.6 and 0 <= int(index.min())
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):  # a pool of real kernels has no prior
+        aug(target, params={**first, "kernel_index": torch.full((1,), -1)})
     # A pool kernel made for another size is resized to the image's grid.
     assert KernelSpaceAugment(p=1.0, kernels=pool, model=model)(torch.rand(1, 3, 100, 70)).shape == (1, 3, 100, 70)
 
@@ -134,7 +166,7 @@ def test_bad_arguments_say_what_is_accepted(crops: torch.Tensor) -> None:
         KernelSpaceAugment(source="real", model=model)
     with pytest.raises(ValueError, match=r"\(82, h, w\) kernel"):
         KernelSpaceAugment(kernels=torch.rand(2, 5, 1, 1), model=model)
-    aug = KernelSpaceAugment(model=model, pool_size=4)
+    aug = KernelSpaceAugment(model=model)
     with pytest.raises(ValueError, match="batch of 2"):
         aug(crops, params=aug.forward_parameters((2,)))
     with pytest.raises(ValueError, match="needs params"):
@@ -170,7 +202,7 @@ class _Photos(Dataset):
 
 
 def test_dataloader_with_two_workers_is_reproducible() -> None:
-    dataset = _Photos(KernelSpaceAugment(p=1.0, model=small_model(), pool_size=16, return_pair=True))
+    dataset = _Photos(KernelSpaceAugment(p=1.0, model=small_model(), return_pair=True))
 
     def epoch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         loader = DataLoader(dataset, batch_size=4, num_workers=2, generator=torch.Generator().manual_seed(seed))
@@ -181,10 +213,14 @@ def test_dataloader_with_two_workers_is_reproducible() -> None:
     assert sharp.shape == blurry.shape == (8, 3, 64, 64) and not torch.equal(sharp, blurry)
     assert threads.tolist() == [1] * 8  # one thread per worker: no oversubscription
     assert torch.equal(epoch(0)[1], blurry) and not torch.equal(epoch(1)[1], blurry)
+    # One loader's second epoch draws other blurs than its first (DataLoader reseeds the workers every epoch).
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, generator=torch.Generator().manual_seed(0))
+    first, second = ([b for _, b, _ in loader] for _ in range(2))
+    assert torch.equal(torch.cat(first), blurry) and not any(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def test_in_a_kornia_pipeline_masks_pass_and_params_replay(crops: torch.Tensor) -> None:
-    blur = KernelSpaceAugment(p=1.0, model=small_model(), pool_size=8)
+    blur = KernelSpaceAugment(p=1.0, model=small_model())
     pipeline = K.AugmentationSequential(K.RandomHorizontalFlip(p=1.0), blur, data_keys=["input", "mask"])
     mask = (crops[:, :1] > 0.5).float()
     torch.manual_seed(0)
@@ -208,7 +244,63 @@ def test_in_a_torchvision_pipeline(crops: torch.Tensor) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_stay_on_the_gpu_and_match_the_cpu(crops: torch.Tensor) -> None:
-    aug = KernelSpaceAugment(p=0.5, model=small_model(), pool_size=8)
+    aug = KernelSpaceAugment(p=0.5, model=small_model())
     out_cpu = aug(crops, generator=seeded(0))
     out_gpu = aug(crops.cuda(), params=aug._params)
     assert out_gpu.device.type == "cuda" and torch.allclose(out_gpu.cpu(), out_cpu, atol=1e-4)
+
+
+_MEMORY_CHECK = """
+import sys
+import numpy as np
+import torch
+from PIL import Image
+from kernelspace import BlurSynthesizer, KernelSpaceAugment, load_model
+
+frame = np.asarray(Image.open(sys.argv[1]).convert("RGB"))
+model = load_model(None, device="cpu")
+BlurSynthesizer(model, device="cpu").sample(frame, seed=0)
+KernelSpaceAugment(p=1.0, model=model)(frame, generator=torch.Generator().manual_seed(0))
+# VmHWM is this program's own peak: ru_maxrss would also count the parent's peak at the moment of the exec.
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024)
+"""
+
+
+def test_a_720p_frame_is_blurred_in_bounded_memory() -> None:
+    # A fresh process, so the peak is this work's alone (interpreter, PyTorch and the model included): the blur
+    # runs block by block, so a 1280x720 frame needs far less than the 1.85 GB the whole-image blur took.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads the peak memory from /proc (Linux)")
+    frame = need(DATA / "eval" / "gopro_pairs6" / "sharp" / "00.png")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _MEMORY_CHECK, str(frame)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) <= 500.0
+
+
+def test_threads_option_sets_and_restores_pytorchs_threads(crops: torch.Tensor) -> None:
+    # The blur runs with the threads asked for, and the caller's setting is back afterwards.
+    from kernelspace import BlurSynthesizer
+
+    before = torch.get_num_threads()
+    seen = []
+    model = small_model()
+    blur = model.apply_kernel
+    model.apply_kernel = lambda *a: (seen.append(torch.get_num_threads()), blur(*a))[1]  # records, then blurs
+    other = before + 1
+    out = KernelSpaceAugment(p=1.0, model=model, threads=other)(crops, generator=seeded(0))
+    BlurSynthesizer(model, device="cpu", threads=other).sample(crops[0], seed=0)
+    assert seen == [other, other] and torch.get_num_threads() == before
+    torch.testing.assert_close(out, KernelSpaceAugment(p=1.0, model=small_model())(crops, generator=seeded(0)))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be None"):
+            KernelSpaceAugment(model=model, threads=bad)
+        with pytest.raises(ValueError, match="threads must be None"):
+            BlurSynthesizer(model, device="cpu", threads=bad)

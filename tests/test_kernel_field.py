@@ -31,6 +31,30 @@ def test_whole_frame_and_patch_paths_agree():
     torch.testing.assert_close(whole, patches, atol=1e-5, rtol=0)
 
 
+
+def test_blocks_and_bands_equal_the_one_block_blur(photo, monkeypatch):
+    # A budget of a few cells forces bands of cell rows, pieces of one row and bands of psf_blur rows; every split
+    # must give the blur computed in one block, since only the working memory is meant to change.
+    import kernelspace.physics.blur as blur_module
+    import kernelspace.physics.eff as eff
+
+    x = torch.from_numpy(photo[:192, :320].copy()).permute(2, 0, 1)[None].float() / 255
+    g = torch.Generator().manual_seed(2)
+    field = random_psf(g, size=9, max_extent=7.0, max_offset=0.0, batch=15).reshape(1, 3, 5, 9, 9)
+    whole = space_varying_blur(x, field, 64)
+    spec = patch_spectra(x, 64, 9)
+    per_cell = eff._PatchGeometry(192, 320, 64, 9).cell_bytes(3, 1, 4)
+    for cells in (7, 2, 1):  # two cell rows at a time, parts of one row, one cell
+        monkeypatch.setattr(eff, "TILE_BYTES", cells * per_cell)
+        torch.testing.assert_close(space_varying_blur(x, field, 64), whole, atol=1e-5, rtol=0)
+        torch.testing.assert_close(blur_from_spectra(spec, field), whole, atol=1e-5, rtol=0)
+        torch.testing.assert_close(patch_spectra(x, 64, 9).spectra, spec.spectra)
+    uniform = field[:, :1, :1].expand(1, 3, 5, 9, 9)
+    one_band = space_varying_blur(x, uniform, 64)
+    monkeypatch.setattr(blur_module, "BAND_BYTES", 1 << 16)  # bands of about 3 rows
+    torch.testing.assert_close(space_varying_blur(x, uniform, 64), one_band, atol=1e-5, rtol=0)
+
+
 def test_same_pair_transfer_on_levin(levin_pair):
     sharp, blurry = levin_pair
     model = KernelField(iterations=60)

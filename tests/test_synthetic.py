@@ -84,6 +84,8 @@ def test_psf_is_nonnegative_sums_to_one_and_centred_on_the_paths_mean():
     assert (centroid - time_mean).abs().max() < 1e-3
     one = random_psf(_gen(1), size=51)
     assert one.shape == (51, 51) and (one >= 0).all() and abs(float(one.sum()) - 1) < 1e-5
+    # Each PSF depends on its own path alone, not on the paths rasterised beside it (per-sample seeds rely on it).
+    torch.testing.assert_close(torch.stack([rasterize_psf(p, 47) for p in paths[:4]]), psf[:4], atol=1e-7, rtol=0)
 
 
 def test_rasterize_orientation_and_no_gaps():

@@ -27,8 +27,9 @@ class KernelSpaceBlur(A.ImageOnlyTransform):
     Args:
         p: probability that the image is blurred (albumentations draws it).
         **augment: the other arguments of :class:`~kernelspace.KernelSpaceAugment` (``kernels``, ``source``,
-            ``model``, ``pool_size``, ``pool_seed``); the kernel comes from that augmentation's pool. Not
-            ``return_pair``: the sharp image is the one given.
+            ``model``, ``pool_size``, ``pool_seed``, ``threads``); each image gets a kernel of its own, drawn by
+            that augmentation (from the prior by default, or from its pool). Not ``return_pair``: the sharp image is
+            the one given.
 
     Images have 1, 3 or 4 channels (alpha is kept as it was); the result has the input's shape and dtype.
 

@@ -30,7 +30,7 @@ class KernelSpaceBlur(v2.Transform):
     Args:
         p: probability that an image is blurred.
         **augment: the other arguments of :class:`~kernelspace.KernelSpaceAugment` (``kernels``, ``source``,
-            ``model``, ``pool_size``, ``pool_seed``); not ``return_pair``, which changes the sample's structure
+            ``model``, ``pool_size``, ``pool_seed``, ``threads``); not ``return_pair``, which changes the sample's structure
             (use ``KernelSpaceAugment(return_pair=True)`` in ``v2.Compose`` for pairs).
 
     All images of one sample get the same draw, as with every v2 transform (a stereo pair is blurred alike); their

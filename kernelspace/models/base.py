@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import numbers
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -241,6 +242,33 @@ class KernelSpaceModel(
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.inference_mode():
             return self._sample_prior(batch, self.kernel_size_for(height, width), generator)
+
+    def sample_kernels(self, height: int, width: int, seeds: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """One kernel from the prior per seed, each a function of its seed alone: row ``i`` equals
+        ``sample_kernel(height, width, seed=seeds[i])`` whatever else is drawn beside it.
+
+        This is how data pipelines give every sample its own blur and still replay any sample from its seed.
+
+        Example:
+            >>> from kernelspace.models import KernelField
+            >>> model = KernelField(cell=32, psf_size=9)
+            >>> k = model.sample_kernels(64, 96, [7, 8])
+            >>> tuple(k.shape), bool(torch.allclose(k[1:], model.sample_kernel(64, 96, seed=8)))
+            ((2, 82, 2, 3), True)
+        """
+        if not self.has_prior:
+            raise ValueError(f"{type(self).__name__} has no prior to sample from; use a model with one")
+        for name, value in (("height", height), ("width", width)):
+            check_int(name, value, 1, 1 << 20)
+        seeds = seeds.tolist() if isinstance(seeds, torch.Tensor) else list(seeds)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r:.80}")
+        with torch.inference_mode():
+            return self._sample_prior_seeded(seeds, self.kernel_size_for(height, width))
+
+    def _sample_prior_seeded(self, seeds: list[int], grid: tuple[int, int]) -> torch.Tensor:
+        """:meth:`sample_kernels` on a grid; models whose prior can draw many seeds at once override it."""
+        return torch.cat([self._sample_prior(1, grid, torch.Generator(device=self.device).manual_seed(s)) for s in seeds])
 
     def forward(self, sharp: torch.Tensor, blurry: torch.Tensor) -> torch.Tensor:
         """F(x, G(x, y)) on float tensors whose sides the network accepts (the training objective's path)."""

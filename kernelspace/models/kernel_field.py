@@ -27,6 +27,7 @@ neighbouring PSFs (a convex combination of PSFs is still a PSF).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -314,16 +315,41 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         z = self.latent_mean.view(1, -1, 1, 1) + self.latent_std.view(1, -1, 1, 1) * z
         return self.decode_kernel(z, max(self.gammas))
 
+    def _sample_prior_seeded(self, seeds: list[int], grid: tuple[int, int]) -> torch.Tensor:
+        if self.prior == "latent":
+            return super()._sample_prior_seeded(seeds, grid)
+        # Each seed's draws exactly as sample_kernel(seed=s) makes them, then one batched rasterisation.
+        draws = [self._shake_draws(1, torch.Generator(device=self.device).manual_seed(s)) for s in seeds]
+        return self._trajectory_kernels(torch.cat(draws), grid)
+
     def _sample_trajectories(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        return self._trajectory_kernels(self._shake_draws(batch, generator), grid)
+
+    @staticmethod
+    def _shake_draws(batch: int, generator: torch.Generator) -> torch.Tensor:
+        """(batch, 5) uniform numbers per kernel: the shape, its turn, mirror, extent and the camera's roll."""
         # The trajectory helpers draw on the CPU; derive their generator from the caller's, so seeds reproduce.
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        cpu = torch.Generator().manual_seed(seed)
-        s, (h, w) = self.psf_size, grid
+        return torch.rand(batch, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def _trajectory_kernels(self, draws: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Camera-shake kernels from :meth:`_shake_draws`: a shape of the bank (:func:`_shake_shapes`), turned,
+        mirrored and stretched to its extent, swept by the camera's roll across the grid."""
+        batch, s, (h, w) = draws.shape[0], self.psf_size, grid
+        bank = _shake_shapes()
+        index, turn, mirror, extent, roll = draws.unbind(1)
+        path = bank[(index * len(bank)).long().clamp_max(len(bank) - 1)]  # (B, n, 2), extent 1
+        # The walk's statistics do not depend on the direction or handedness of the motion: any shape may be
+        # turned and mirrored, and its extent is drawn apart from its shape (as shake_trajectory does).
+        path = path * torch.stack([torch.ones(batch, dtype=path.dtype), torch.where(mirror < 0.5, -1.0, 1.0)], 1)[:, None]
+        cos, sin = torch.cos(2 * math.pi * turn)[:, None], torch.sin(2 * math.pi * turn)[:, None]
+        path = torch.stack([cos * path[..., 0] - sin * path[..., 1], sin * path[..., 0] + cos * path[..., 1]], -1)
         max_extent = min(self.prior_max_extent, s - 2.0)
-        path = shake_trajectory(cpu, max_extent=max_extent, max_offset=0.0, batch=batch).double()  # (B, n, 2)
+        min_extent = min(_MIN_SHAKE_EXTENT, max_extent)
+        path = path * (min_extent + (max_extent - min_extent) * extent)[:, None, None]
         # Camera roll over the exposure moves the point at offset (cx, cy) from the image centre along the
         # circle's tangent (-cy, cx) * angle(t): the blur turns with the position in the image.
-        angle = (torch.rand(batch, generator=cpu, dtype=torch.float64) * 2 - 1) * math.radians(self.prior_max_rotation)
+        angle = (roll * 2 - 1) * math.radians(self.prior_max_rotation)
         t = torch.linspace(-0.5, 0.5, path.shape[1], dtype=torch.float64)
         cy = (torch.arange(h, dtype=torch.float64) + 0.5 - h / 2) * self.cell
         cx = (torch.arange(w, dtype=torch.float64) + 0.5 - w / 2) * self.cell
@@ -335,6 +361,22 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         field = rasterize_psf(paths.reshape(-1, *paths.shape[-2:]), s).reshape(batch, h, w, s, s).float()
         gamma = torch.full((batch,), max(self.gammas))
         return self.pack(field, gamma).to(self.device)
+
+
+_MIN_SHAKE_EXTENT = 3.0  # shortest camera shake the trajectory prior draws (pixels), as shake_trajectory's default
+#: Camera-shake shapes the trajectory prior draws from; each kernel turns, mirrors and stretches one afresh, so a
+#: draw needs no trajectory simulation (which costs more than blurring a 256x256 batch with the kernels).
+SHAKE_SHAPES = 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _shake_shapes() -> torch.Tensor:
+    """(SHAKE_SHAPES, 128, 2) camera-shake trajectories of extent 1 with their centre of mass at 0 (float64), the
+    same in every process: drawn once from a fixed seed."""
+    path = shake_trajectory(torch.Generator().manual_seed(0), max_extent=1.0, min_extent=1.0, max_offset=0.0,
+                            batch=SHAKE_SHAPES).double()
+    com = 0.5 * (path[:, 1:] + path[:, :-1]).mean(1, keepdim=True)  # time average of the piecewise-linear path
+    return path - com
 
 
 def _fit_error(

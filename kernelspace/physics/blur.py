@@ -12,10 +12,15 @@ trajectory point ``(tx, ty)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fft_size", "reflect_pad", "psf_blur", "homography_blur"]
+__all__ = ["fft_size", "reflect_pad", "mirrored_region", "psf_blur", "homography_blur"]
+
+BAND_BYTES = 64 << 20
+"""Working memory (bytes) :func:`psf_blur` may use at once: larger images are blurred in bands of rows."""
 
 
 def fft_size(n: int) -> int:
@@ -55,11 +60,45 @@ def reflect_pad(x: torch.Tensor, pad: int | tuple[int, int, int, int]) -> torch.
     return x
 
 
+def _mirror_index(start: int, stop: int, length: int, device: torch.device) -> torch.Tensor:
+    """Positions ``start .. stop - 1`` of a side of ``length`` mirrored about its edge pixels, as indices into it
+    (the mirror image repeats with period ``2 * (length - 1)``; a one-pixel side repeats its pixel)."""
+    i = torch.arange(start, stop, device=device)
+    if length == 1:
+        return torch.zeros_like(i)
+    period = 2 * (length - 1)
+    i = i.remainder(period)
+    return torch.where(i < length, i, period - i)
+
+
+def mirrored_region(x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """Rows ``rows[0] .. rows[1] - 1`` and columns ``cols[0] .. cols[1] - 1`` of ``x`` (..., H, W) mirrored about its
+    edges without bound, as :func:`reflect_pad` mirrors: a block of a padded image without padding all of it.
+
+    Inside the image the block is a view; only the block is copied otherwise.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(1, 3, 5, 7)
+        >>> torch.equal(mirrored_region(x, (-4, 9), (-2, 7)), reflect_pad(x, (2, 0, 4, 4)))
+        True
+    """
+    for axis, (start, stop) in ((-2, rows), (-1, cols)):
+        length = x.shape[axis]
+        if 0 <= start and stop <= length:
+            x = x.narrow(axis, start, stop - start)
+        else:
+            x = x.index_select(axis, _mirror_index(start, stop, length, x.device))
+    return x
+
+
 def psf_blur(image: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
     """Blur every channel of each image with its PSF (cross-correlation, mirrored border), same size out.
 
     Computed with FFTs on the mirrored image, which costs the same for any PSF size and equals
-    ``conv2d(reflect_pad(image), psf)`` up to float rounding.
+    ``conv2d(reflect_pad(image), psf)`` up to float rounding. An image whose transforms would take more than
+    :data:`BAND_BYTES` is blurred in bands of rows (each band with the rows its PSF reaches), so large images cost
+    memory in proportion to a band, not to the image.
 
     Args:
         image: ``(B, C, H, W)`` floating point, in linear light.
@@ -84,15 +123,27 @@ def psf_blur(image: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"psf must be a square odd-sized (S, S) or (B, S, S) tensor, got {_describe(psf)}")
     if psf.ndim == 3 and psf.shape[0] != b:
         raise ValueError(f"psf holds {psf.shape[0]} kernels for a batch of {b} images; give one (S, S) or (B, S, S)")
-    size = psf.shape[-1]
-    pad = size // 2
-    padded = reflect_pad(image, pad)
-    # Output row n uses padded rows n .. n + S - 1 <= H + 2 * pad - 1: no wrap-around for any FFT length >= that.
-    fh, fw = fft_size(h + 2 * pad), fft_size(w + 2 * pad)
+    pad = psf.shape[-1] // 2
     kernel = psf.to(dtype=image.dtype, device=image.device)
     kernel = kernel[None] if kernel.ndim == 2 else kernel
+    fw = fft_size(w + 2 * pad)
+    # Per output row: the padded row, its spectrum, the product and the inverse, for every channel.
+    row_bytes = 4 * image.shape[0] * image.shape[1] * fw * image.element_size()
+    bands = max(1, math.ceil(h * row_bytes / BAND_BYTES))
+    if bands == 1:
+        return _blur_rows(image, kernel, 0, h, pad)
+    size = math.ceil(h / bands)
+    return torch.cat([_blur_rows(image, kernel, top, min(top + size, h), pad) for top in range(0, h, size)], -2)
+
+
+def _blur_rows(image: torch.Tensor, kernel: torch.Tensor, top: int, bottom: int, pad: int) -> torch.Tensor:
+    """Output rows ``top .. bottom - 1`` of :func:`psf_blur` from the mirrored rows they see."""
+    w = image.shape[-1]
+    padded = mirrored_region(image, (top - pad, bottom + pad), (-pad, w + pad))
+    # Output row n uses padded rows n .. n + S - 1 <= rows + 2 * pad - 1: no wrap-around for any FFT length >= that.
+    fh, fw = fft_size(bottom - top + 2 * pad), fft_size(w + 2 * pad)
     spectrum = torch.fft.rfft2(padded, s=(fh, fw)) * torch.fft.rfft2(kernel, s=(fh, fw)).conj()[:, None]
-    return torch.fft.irfft2(spectrum, s=(fh, fw))[..., :h, :w].contiguous()
+    return torch.fft.irfft2(spectrum, s=(fh, fw))[..., : bottom - top, :w].contiguous()
 
 
 def homography_blur(

@@ -12,16 +12,26 @@ Convention (shared with :mod:`kernelspace.physics.psf`): ``psf[i, j]`` weighs th
 
 The spectra of the windowed image patches depend only on the image, so :func:`patch_spectra` computes them once
 and :func:`blur_from_spectra` reuses them when only the PSFs change (kernel estimation).
+
+Memory: the patches of a large image are processed a block of whole cells at a time (a band of cell rows, or a
+piece of one row), each block's patches overlap-added into the output, so the working memory stays near
+:data:`TILE_BYTES` whatever the image size; the output equals the one-block result up to float rounding.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from .blur import fft_size, psf_blur, reflect_pad
+from .blur import fft_size, mirrored_region, psf_blur, reflect_pad
 
 __all__ = ["space_varying_blur", "patch_spectra", "blur_from_spectra", "PatchSpectra"]
+
+
+TILE_BYTES = 64 << 20
+"""Working memory (bytes) one block of cells may use: larger images are blurred block by block."""
 
 
 class PatchSpectra:
@@ -31,46 +41,118 @@ class PatchSpectra:
         self.spectra, self.shape, self.cell, self.psf_size, self.n = spectra, shape, cell, psf_size, n
 
 
+class _PatchGeometry:
+    """Sizes shared by the patch-wise passes: each cell's patch spans the cell, half a cell on each side (where
+    its bilinear window reaches) and the PSF's radius; patches overlap by ``patch - cell``."""
+
+    def __init__(self, height: int, width: int, cell: int, psf_size: int) -> None:
+        if height % cell or width % cell:
+            raise ValueError(f"image sides ({height}, {width}) must be multiples of the cell size {cell}")
+        self.height, self.width, self.cell, self.r = height, width, cell, psf_size // 2
+        self.grid = (height // cell, width // cell)
+        self.margin = cell // 2 + self.r
+        self.patch = 2 * cell + 2 * self.r
+        self.n = fft_size(self.patch + 2 * self.r)
+
+    def check_field(self, psf: torch.Tensor) -> None:
+        gh, gw = self.grid
+        s = 2 * self.r + 1
+        if psf.ndim != 5 or psf.shape[-4:] != (gh, gw, s, s):
+            raise ValueError(f"psf field must have shape (B, {gh}, {gw}, {s}, {s}), got {tuple(psf.shape)}")
+
+    def cell_bytes(self, images: int, psfs: int, itemsize: int) -> int:
+        """Working memory per cell of a block: for each image channel the windowed patch, its spectrum, the
+        product, its inverse and the cropped copy; for each PSF its padded copies and spectrum."""
+        spectrum = self.n * (self.n // 2 + 1) * 2 * itemsize
+        per_image = 2 * self.patch**2 * itemsize + 2 * spectrum + self.n**2 * itemsize
+        return images * per_image + psfs * (2 * self.n**2 * itemsize + spectrum)
+
+    def blocks(self, cell_bytes: int) -> list[tuple[slice, slice]]:
+        """Blocks of whole cells (row slice, column slice) that each fit :data:`TILE_BYTES`, of balanced sizes:
+        bands of full cell rows where a row fits, else pieces of one row."""
+        gh, gw = self.grid
+        fit = max(1, TILE_BYTES // max(cell_bytes, 1))
+        if fit >= gw:
+            size = _balanced(gh, min(gh, fit // gw))
+            return [(slice(i, min(i + size, gh)), slice(0, gw)) for i in range(0, gh, size)]
+        size = _balanced(gw, fit)
+        return [(slice(i, i + 1), slice(j, min(j + size, gw))) for i in range(gh) for j in range(0, gw, size)]
+
+    def windows(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gh, patch) and (gw, patch): each patch's window, the slice of the whole-frame hat that it covers."""
+        starts = torch.arange(self.patch, device=device)
+        out = []
+        for length, cells in ((self.height, self.grid[0]), (self.width, self.grid[1])):
+            w = _frame_windows(length, cells, self.cell, self.margin, 0, device, dtype)
+            out.append(w.gather(1, torch.arange(cells, device=device)[:, None] * self.cell + starts))
+        return out[0], out[1]
+
+    def spectra(self, x: torch.Tensor, rows: slice, cols: slice, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+        """FFTs (B, C, rows, cols, n, n // 2 + 1) of the windowed patches of a block of cells."""
+        cell, margin, patch = self.cell, self.margin, self.patch
+        region = mirrored_region(
+            x, (rows.start * cell - margin, rows.stop * cell + margin), (cols.start * cell - margin, cols.stop * cell + margin)
+        )
+        patches = region.unfold(2, patch, cell).unfold(3, patch, cell)  # (B, C, rows, cols, patch, patch)
+        patches = patches * (wy[rows, None, :, None] * wx[None, cols, None, :])
+        return torch.fft.rfft2(patches, s=(self.n, self.n))
+
+    def blur_into(self, out: torch.Tensor, spectra: torch.Tensor, psf: torch.Tensor, rows: slice, cols: slice) -> None:
+        """Blur a block's patch spectra with its PSFs (B or 1, rows, cols, S, S) and overlap-add them into ``out``."""
+        n, patch, cell, r = self.n, self.patch, self.cell, self.r
+        s = psf.shape[-1]
+        # Centre the PSF at index 0 so that the circular correlation needs no shift afterwards.
+        k = torch.roll(F.pad(psf, (0, n - s, 0, n - s)), shifts=(-r, -r), dims=(-2, -1))
+        blurred = torch.fft.irfft2(spectra * torch.fft.rfft2(k).conj().unsqueeze(1), s=(n, n))
+        blurred = blurred[..., :patch, :patch]  # (B, C, rows, cols, patch, patch)
+        b, c, bh, bw = blurred.shape[:4]
+        columns = blurred.permute(0, 1, 4, 5, 2, 3).reshape(b, c * patch * patch, bh * bw)
+        block = F.fold(columns, ((bh - 1) * cell + patch, (bw - 1) * cell + patch), kernel_size=patch, stride=cell)
+        # The block's frame starts a margin above and left of its first cell; what falls outside the image is dropped.
+        top, left = rows.start * cell - self.margin, cols.start * cell - self.margin
+        t0, l0 = max(top, 0), max(left, 0)
+        t1, l1 = min(top + block.shape[-2], self.height), min(left + block.shape[-1], self.width)
+        out[..., t0:t1, l0:l1] += block[..., t0 - top : t1 - top, l0 - left : l1 - left]
+
+
+def _balanced(total: int, most: int) -> int:
+    """The block length that splits ``total`` into as few pieces of at most ``most`` as possible, evenly."""
+    pieces = math.ceil(total / max(most, 1))
+    return math.ceil(total / pieces)
+
+
 def patch_spectra(x: torch.Tensor, cell: int, psf_size: int) -> PatchSpectra:
     """Window ``x`` (B, C, H, W; H and W multiples of ``cell``) into overlapping patches and FFT them."""
     b, c, height, width = x.shape
-    if height % cell or width % cell:
-        raise ValueError(f"image sides ({height}, {width}) must be multiples of the cell size {cell}")
-    r = psf_size // 2
-    margin = cell // 2 + r
-    ext = reflect_pad(x, margin)
-    patch = 2 * cell + 2 * r
-    gh, gw = height // cell, width // cell
-    patches = ext.unfold(2, patch, cell).unfold(3, patch, cell)  # (B, C, gh, gw, patch, patch)
-    # Each patch's window is the slice of the whole-frame hat that the patch covers.
-    starts = torch.arange(patch, device=x.device)
-    wy = _frame_windows(height, gh, cell, margin, 0, x.device, x.dtype)
-    wy = wy.gather(1, torch.arange(gh, device=x.device)[:, None] * cell + starts)
-    wx = _frame_windows(width, gw, cell, margin, 0, x.device, x.dtype)
-    wx = wx.gather(1, torch.arange(gw, device=x.device)[:, None] * cell + starts)
-    patches = patches * (wy[:, None, :, None] * wx[None, :, None, :])
-    n = fft_size(patch + 2 * r)
-    return PatchSpectra(torch.fft.rfft2(patches, s=(n, n)), (b, c, height, width), cell, psf_size, n)
+    geo = _PatchGeometry(height, width, cell, psf_size)
+    wy, wx = geo.windows(x.device, x.dtype)
+    spectra = torch.empty(b, c, *geo.grid, geo.n, geo.n // 2 + 1, dtype=x.dtype.to_complex(), device=x.device)
+    for rows, cols in geo.blocks(geo.cell_bytes(b * c, 0, x.element_size())):
+        spectra[:, :, rows, cols] = geo.spectra(x, rows, cols, wy, wx)
+    return PatchSpectra(spectra, (b, c, height, width), cell, psf_size, geo.n)
 
 
 def blur_from_spectra(spec: PatchSpectra, psf: torch.Tensor) -> torch.Tensor:
     """Blur the image behind ``spec`` with ``psf`` of shape (B or 1, gh, gw, S, S); returns (B, C, H, W)."""
     b, c, height, width = spec.shape
-    cell, s, n = spec.cell, spec.psf_size, spec.n
-    r = s // 2
-    gh, gw = height // cell, width // cell
-    if psf.shape[-4:] != (gh, gw, s, s):
-        raise ValueError(f"psf field must have shape (B, {gh}, {gw}, {s}, {s}), got {tuple(psf.shape)}")
-    # Centre the PSF at index 0 so that the circular correlation needs no shift afterwards.
-    k = torch.roll(F.pad(psf, (0, n - s, 0, n - s)), shifts=(-r, -r), dims=(-2, -1))
-    out = torch.fft.irfft2(spec.spectra * torch.fft.rfft2(k).conj().unsqueeze(1), s=(n, n))
-    patch = 2 * cell + 2 * r
-    out = out[..., :patch, :patch]  # (B, C, gh, gw, patch, patch)
-    # Overlap-add the patches back (stride = cell), then drop the margin.
-    cols = out.permute(0, 1, 4, 5, 2, 3).reshape(b, c * patch * patch, gh * gw)
-    margin = cell // 2 + r
-    full = F.fold(cols, (height + 2 * margin, width + 2 * margin), kernel_size=patch, stride=cell)
-    return full[..., margin : margin + height, margin : margin + width]
+    geo = _PatchGeometry(height, width, spec.cell, spec.psf_size)
+    geo.check_field(psf)
+    out = torch.zeros(b, c, height, width, dtype=spec.spectra.real.dtype, device=spec.spectra.device)
+    for rows, cols in geo.blocks(geo.cell_bytes(b * c, psf.shape[0], out.element_size())):
+        geo.blur_into(out, spec.spectra[:, :, rows, cols], psf[:, rows, cols], rows, cols)
+    return out
+
+
+def _patch_blur(x: torch.Tensor, psf: torch.Tensor, cell: int) -> torch.Tensor:
+    """:func:`patch_spectra` then :func:`blur_from_spectra`, block by block: only one block's spectra at a time."""
+    b, c, height, width = x.shape
+    geo = _PatchGeometry(height, width, cell, psf.shape[-1])
+    geo.check_field(psf)
+    wy, wx = geo.windows(x.device, x.dtype)
+    out = torch.zeros_like(x)
+    for rows, cols in geo.blocks(geo.cell_bytes(b * c, psf.shape[0], x.element_size())):
+        geo.blur_into(out, geo.spectra(x, rows, cols, wy, wx), psf[:, rows, cols], rows, cols)
+    return out
 
 
 def _frame_windows(length: int, cells: int, cell: int, r: int, extra: int, device, dtype) -> torch.Tensor:
@@ -132,4 +214,4 @@ def space_varying_blur(x: torch.Tensor, psf: torch.Tensor, cell: int) -> torch.T
         return psf_blur(x, first[0, 0, 0] if psf.shape[0] == 1 else first[:, 0, 0])
     if psf.shape[-4] * psf.shape[-3] <= WHOLE_FRAME_MAX_CELLS:
         return _whole_frame_blur(x, psf, cell)
-    return blur_from_spectra(patch_spectra(x, cell, psf.shape[-1]), psf)
+    return _patch_blur(x, psf, cell)

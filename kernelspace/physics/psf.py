@@ -218,13 +218,19 @@ def rasterize_psf(trajectory: torch.Tensor, size: int, *, spacing: float = 0.25)
 
     if n > 1:
         # m points per segment, at the midpoints of m equal time slices: equal time weight everywhere, and
-        # the points' mean is exactly the path's time average.
+        # the points' mean is exactly the path's time average. Each path takes the m its own longest segment
+        # needs, so a PSF does not depend on the paths drawn beside it (and short paths cost fewer points).
         seg = traj[:, 1:] - traj[:, :-1]
-        m = max(1, math.ceil(float(seg.detach().norm(dim=-1).max()) / spacing))
-        frac = (torch.arange(m, dtype=traj.dtype, device=traj.device) + 0.5) / m
-        pts = (traj[:, :-1, None] + seg[:, :, None] * frac[:, None]).reshape(b, -1, 2)
+        m = (seg.detach().norm(dim=-1).amax(1) / spacing).ceil().clamp_min(1).long()  # (b,)
+        counts = m * (n - 1)
+        owner = torch.repeat_interleave(torch.arange(b, device=traj.device), counts)  # the path of each point
+        step = torch.arange(int(counts.sum()), device=traj.device) - (counts.cumsum(0) - counts)[owner]
+        per = m[owner]
+        segment = step // per
+        frac = ((step % per).to(traj.dtype) + 0.5) / per.to(traj.dtype)
+        pts = traj[owner, segment] + seg[owner, segment] * frac[:, None]  # (points, 2)
     else:
-        pts = traj
+        owner, pts = torch.arange(b, device=traj.device), traj[:, 0]
     x, y = pts[..., 0] + c, pts[..., 1] + c
     x0, y0 = x.detach().floor(), y.detach().floor()
     if float(torch.minimum(x.min(), y.min())) < 0 or float(torch.maximum(x.max(), y.max())) > size - 1:
@@ -237,12 +243,12 @@ def rasterize_psf(trajectory: torch.Tensor, size: int, *, spacing: float = 0.25)
     ix, iy = x0.long(), y0.long()
     # The +1 neighbours of a point exactly on the last row/column carry zero weight; clamp their index.
     ix1, iy1 = (ix + 1).clamp_max(size - 1), (iy + 1).clamp_max(size - 1)
-    base = (torch.arange(b, device=traj.device) * size * size)[:, None]
+    base = owner * size * size
     row, row1 = base + iy * size, base + iy1 * size
-    index = torch.cat([row + ix, row + ix1, row1 + ix, row1 + ix1], 1)
-    weight = torch.cat([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1)
+    index = torch.cat([row + ix, row + ix1, row1 + ix, row1 + ix1])
+    weight = torch.cat([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
     flat = torch.zeros(b * size * size, dtype=traj.dtype, device=traj.device)
-    flat = flat.index_add(0, index.reshape(-1), weight.reshape(-1))  # out of place: differentiable in the weights
+    flat = flat.index_add(0, index, weight)  # out of place: differentiable in the weights
     psf = flat.reshape(b, size, size)
     psf = psf / psf.sum((-2, -1), keepdim=True)
     return psf[0] if single else psf
