@@ -215,7 +215,7 @@ def test_cli_never_overwrites_inputs_and_resumes(tmp_path, gopro_crop, capsys):
 
 def test_a_tile_without_edges_borrows_its_neighbours_psf(levin):
     # Real camera shake on the left, a clipped-white sky on the right: the sky tile has no edge to estimate a blur
-    # from, so it takes the PSF of the nearest tile that has one, and no tile is left blurry.
+    # from, so it takes the PSF of the nearest tile that has one (the tile astride the two may still stay blurry).
     _, blurry, _ = levin
     image = np.full((255, 640), 230, np.uint8)
     image[:, :255] = blurry
