@@ -32,7 +32,7 @@ from ..models import KernelSpaceModel
 from ..physics.blur import reflect_pad
 from ..physics.response import from_linear, to_linear
 from .dip import deblur_by_gradient, hyper_laplacian
-from .estimate import TooFewEdges, estimate_psf, find_psf, psf_extent, textured_crop
+from .estimate import TooFewEdges, estimate_psf, psf_extent, textured_crop
 from .nonblind import deconvolve
 from .tiling import Tile, split_tiles, tile_window
 
@@ -103,11 +103,10 @@ class BlindDeblurrer:
             response, for blur that happened in linear light before the camera encoded it.
         kernel: a known PSF (2-D, cross-correlation convention): non-blind mode, no estimation; every tile is
             deconvolved with it (needs a model with PSFs, such as KernelField).
-        psf_size: ``None`` (default): the fast preset finds each tile's blur length, up to a third of the tile's
-            shorter side (:func:`~kernelspace.deblur.estimate.find_psf`: ``DEFAULT_PSF_SIZE`` px first, longer only
-            when the blur fills that); an odd number: the PSF support to use, no search. Too large a support
-            degrades the estimate. Small images (crops) use less (a sixth of their side at most). The size found
-            per tile is in ``tile_reports`` after each call.
+        psf_size: the longest blur (pixels, odd) the fast preset looks for; ``None``: ``DEFAULT_PSF_SIZE`` (31),
+            or the model's PSF size if smaller. Too large a size degrades the estimate (longer blur is not yet
+            estimated well: see the deblurring docs); small images (crops) use a smaller one (a sixth of their side
+            at most). The blur length found per tile is in ``tile_reports`` after each call.
         tile: tile side for large images; images up to this size are one tile.
         overlap: pixels that neighbouring tiles share (blended with raised-cosine windows).
         estimate_crop: the fast preset estimates each tile's PSF on its most textured crop of this side. Tiles
@@ -187,7 +186,7 @@ class BlindDeblurrer:
                 "kernels are latent codes"
             )
         self.preset, self.gamma = preset, float(gamma)
-        self.psf_size = psf_size
+        self.psf_size = psf_size or min(DEFAULT_PSF_SIZE, getattr(self.model, "psf_size", DEFAULT_PSF_SIZE))
         self.tile, self.overlap, self.estimate_crop = tile, overlap, estimate_crop
         self.max_sharpening = max_sharpening
         self.gradient = preset == "paper" or not self.has_psfs
@@ -377,30 +376,16 @@ class BlindDeblurrer:
         def report(done: int, steps: int) -> None:
             bar.set_postfix_str(f"kernel estimate {done}/{steps}", refresh=True)
 
-        side = min(linear.shape[-2:])
-        base = max(3, min(self.psf_size or DEFAULT_PSF_SIZE, (min(side, self.estimate_crop) // 6) | 1))
-        try:
-            if self.psf_size is None:
-                candidates = find_psf(
-                    linear, max(base, (side // 3 - 1) | 1), base=base, crop=self.estimate_crop, progress=report,
-                    **self.estimate_options,
-                )
-            else:
-                crop = textured_crop(linear, self.estimate_crop)
-                candidates = [(estimate_psf(crop, base, progress=report, **self.estimate_options), base)]
-        except TooFewEdges:
-            # A flat tile (sky, a wall) shows no blur to estimate; it may borrow a neighbour's (see _borrow).
-            return TileResult(blurry, self._no_blur(blurry), none, "kept blurry")
-        # When the guard rejects every estimate, one more with a quarter less support than the smallest: a misled
-        # estimate (streaks along a periodic texture) fills the support it is given.
-        retry = max(3, round(0.75 * candidates[-1][1]) | 1)
-        for psf, size in [*candidates, (None, retry)]:
-            if psf is None:
-                try:
-                    psf = estimate_psf(textured_crop(linear, self.estimate_crop), size, progress=report,
-                                       **self.estimate_options)
-                except TooFewEdges:
-                    break
+        size = max(3, min(self.psf_size, (min(*linear.shape[-2:], self.estimate_crop) // 6) | 1))
+        # When the guard rejects an estimate, one retry with a quarter less support: a misled estimate (streaks
+        # along a periodic texture) fills the support it is given.
+        for attempt in dict.fromkeys((size, max(3, round(0.75 * size) | 1))):
+            try:
+                psf = estimate_psf(textured_crop(linear, self.estimate_crop), attempt, progress=report,
+                                   **self.estimate_options)
+            except TooFewEdges:
+                # A flat tile (sky, a wall) shows no blur to estimate; it may borrow a neighbour's (see _borrow).
+                break
             sharp = from_linear(deconvolve(linear, psf, **self.deconvolve_options), self.gamma)
             if self._passes(sharp, blurry):
                 return TileResult(sharp, self._psf_kernel(psf), psf, "estimated")

@@ -36,7 +36,7 @@ from ..physics.kernel_estimation import estimate_psf_field
 from ..physics.psf import fit_canvas
 from .nonblind import _grad
 
-__all__ = ["fit_psf", "estimate_psf", "find_psf", "psf_extent", "textured_crop", "TooFewEdges"]
+__all__ = ["fit_psf", "estimate_psf", "psf_extent", "textured_crop", "TooFewEdges"]
 
 
 def fit_psf(
@@ -362,60 +362,3 @@ def textured_crop(image: torch.Tensor, side: int) -> torch.Tensor:
     top, left = max(candidates, key=lambda c: energy[..., c[0] : c[0] + ch - 1, c[1] : c[1] + cw - 1].sum().item())
     return image[..., top : top + ch, left : left + cw]
 
-
-def find_psf(
-    blurry: torch.Tensor,
-    max_size: int,
-    *,
-    base: int = 31,
-    crop: int = 256,
-    progress: Callable[[int, int], None] | None = None,
-    **options: float,
-) -> list[tuple[torch.Tensor, int]]:
-    """PSFs for blur of unknown length, up to ``max_size`` px: ``[(psf, support), ...]``, the likeliest first.
-
-    A support much larger than the blur degrades :func:`estimate_psf` (on Levin et al. 2009, 41 px instead of 31
-    cost 4.6 to 22 dB), so the support is not set to the longest blur possible. The PSF is first estimated on
-    ``base`` px, and the blur's length measured on the image downscaled so that ``base`` px cover up to
-    ``max_size`` (2x, 4x, ...); when it is longer than ``base``, the PSF is estimated again at full resolution on a
-    support a quarter longer than that length. That longer estimate comes first and the ``base`` one second: a
-    strong edge or texture can also lengthen a coarse estimate, so the caller should check the first (e.g. by
-    the sharpening it causes) before trusting it.
-
-    Args:
-        blurry: (1, 1 or 3, H, W) in linear light, as :func:`estimate_psf` takes; its most textured ``crop`` x
-            ``crop`` window (or larger, three times the support) is where the kernel is fitted.
-        max_size: the longest blur considered (odd), e.g. a third of the image's shorter side.
-        base: the first support (odd).
-        progress: as for :func:`estimate_psf` (each estimate counts its own steps).
-        options: keyword arguments for :func:`estimate_psf`.
-
-    Example:
-        >>> import torch
-        >>> from kernelspace.physics.blur import psf_blur
-        >>> g = torch.Generator().manual_seed(0)
-        >>> sharp = torch.nn.functional.interpolate(torch.rand(1, 1, 16, 16, generator=g), size=(96, 96))
-        >>> true = torch.zeros(5, 5); true[2, :] = 0.2  # 5 px of horizontal motion
-        >>> [(tuple(psf.shape), support) for psf, support in find_psf(psf_blur(sharp, true), 9, base=9)]
-        [((9, 9), 9)]
-    """
-    if max_size < 3 or max_size % 2 == 0 or base < 3 or base % 2 == 0:
-        raise ValueError(f"max_size and base must be odd integers >= 3, got {max_size} and {base}")
-    base = min(base, max_size)
-    first = estimate_psf(textured_crop(blurry, crop), base, progress=progress, **options)
-    # The probe: the coarsest scale at which ``base`` px still cover less than max_size and the image keeps 4
-    # supports a side (less, and it measures noise). An estimate on a too small support does not fill it: it
-    # shrinks towards a delta, so the length has to be measured where the whole blur fits.
-    factor = 1
-    while base * factor * 2 <= max_size and min(blurry.shape[-2:]) >= factor * 2 * 4 * base:
-        factor *= 2
-    if factor == 1:
-        return [(first, base)]
-    size = [round(n / factor) for n in blurry.shape[-2:]]
-    small = F.interpolate(blurry, size=size, mode="bilinear", antialias=True, align_corners=False)
-    length = psf_extent(estimate_psf(textured_crop(small, crop), base, progress=progress, **options)) * factor
-    size = min(max_size, math.ceil(1.25 * length + 4) // 2 * 2 + 1)
-    side = min(max(crop, 3 * size), *blurry.shape[-2:])
-    if length <= base or side < 2 * size:
-        return [(first, base)]
-    return [(estimate_psf(textured_crop(blurry, side), size, progress=progress, **options), size), (first, base)]
