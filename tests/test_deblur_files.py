@@ -27,6 +27,11 @@ from .hooks import pause_before_reading, release
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _error_lines(err: str) -> int:
+    """Lines of stderr that are not warnings (a tile of these small crops may warn that it stays blurry)."""
+    return sum(1 for line in err.splitlines() if ": warning: " not in line)
+
+
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     """A 300x400 crop of a real GoPro blurry frame (uint8 RGB)."""
@@ -73,7 +78,7 @@ def test_an_image_and_its_kernel_picture_name_are_refused_together(inputs, model
     before = hashes(inputs)
     assert main(deblur(inputs, "-o", tmp_path / "out", "--show-kernel", model=model_dir)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "would both be written to" in err and "a.kernel.png" in err
+    assert _error_lines(err) == 1 and "would both be written to" in err and "a.kernel.png" in err
     assert not (tmp_path / "out").exists() and hashes(inputs) == before
     assert main(deblur(inputs, "-o", tmp_path / "out", "--save-kernel", model=model_dir)) == 0  # no picture: no collision
     umask = os.umask(0o022)
@@ -91,7 +96,7 @@ def test_done_means_the_same_settings_and_input(inputs, model_dir, tmp_path, cap
 
     assert main(deblur(inputs, "-o", out, "--gamma", "2.2", model=model_dir)) == 2  # other settings: not "done"
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "other settings" in err and "--overwrite" in err
+    assert _error_lines(err) == 1 and "other settings" in err and "--overwrite" in err
     assert hashes(out) == first
     assert main(deblur(inputs, "-o", out, "--gamma", "2.2", "--overwrite", model=model_dir)) == 0
     assert "wrote 2 image(s)" in capsys.readouterr().out
@@ -115,7 +120,7 @@ def test_a_file_kernelspace_did_not_write_is_never_replaced(inputs, model_dir, t
     for extra in ([], ["--overwrite"]):
         assert main(deblur(inputs, "-o", out, *extra, model=model_dir)) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "did not write it" in err and "a.png" in err
+        assert _error_lines(err) == 1 and "did not write it" in err and "a.png" in err
         assert hashes(out) == before
 
 
@@ -145,7 +150,7 @@ def test_broken_files_are_reported_and_the_others_deblurred(inputs, model_dir, t
 
     assert main(deblur(inputs, "-o", tmp_path / "strict", "--no-skip-errors", model=model_dir)) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "notes.png" in err
+    assert _error_lines(err) == 1 and "notes.png" in err
 
 
 def test_a_large_image_resumes_tile_by_tile(crop, model_dir, tmp_path):
@@ -197,7 +202,7 @@ def test_a_second_run_on_the_same_output_refuses_with_the_holders_pid(inputs, mo
                                 text=True, timeout=300)
     finally:
         _, first_err = release(first, tmp_path)
-    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert second.returncode == 2 and _error_lines(second.stderr) == 1
     assert f"is in use by another kernelspace run (pid {first.pid} " in second.stderr
     assert first.returncode == 0, first_err
     lines = (out / "deblur_manifest.jsonl").read_text().splitlines()
