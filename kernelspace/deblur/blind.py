@@ -326,9 +326,10 @@ class BlindDeblurrer:
 
     def _passes(self, sharp: torch.Tensor, blurry: torch.Tensor) -> bool:
         """The sharpening guard (see ``max_sharpening``)."""
+        if self.max_sharpening is None:
+            return True
         # The small allowance (a thirtieth of a grey level) lets a flat tile pass, whose deconvolution is flat too.
-        limit = (self.max_sharpening or 0) * _total_variation(blurry) + 1e-4
-        return self.max_sharpening is None or _total_variation(sharp) <= limit
+        return _total_variation(sharp) <= self.max_sharpening * _total_variation(blurry) + 1e-4
 
     @staticmethod
     def _take_cells(
@@ -376,13 +377,13 @@ class BlindDeblurrer:
         def report(done: int, steps: int) -> None:
             bar.set_postfix_str(f"kernel estimate {done}/{steps}", refresh=True)
 
-        size = max(3, min(self.psf_size, (min(*linear.shape[-2:], self.estimate_crop) // 6) | 1))
+        crop = textured_crop(linear, self.estimate_crop)
+        size = max(3, min(self.psf_size, (min(crop.shape[-2:]) // 6) | 1))
         # When the guard rejects an estimate, one retry with a quarter less support: a misled estimate (streaks
         # along a periodic texture) fills the support it is given.
         for attempt in dict.fromkeys((size, max(3, round(0.75 * size) | 1))):
             try:
-                psf = estimate_psf(textured_crop(linear, self.estimate_crop), attempt, progress=report,
-                                   **self.estimate_options)
+                psf = estimate_psf(crop, attempt, progress=report, **self.estimate_options)
             except TooFewEdges:
                 # A flat tile (sky, a wall) shows no blur to estimate; it may borrow a neighbour's (see _borrow).
                 break
