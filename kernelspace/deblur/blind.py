@@ -110,7 +110,8 @@ class BlindDeblurrer:
         tile: tile side for large images; images up to this size are one tile.
         overlap: pixels that neighbouring tiles share (blended with raised-cosine windows).
         estimate_crop: the fast preset estimates each tile's PSF on its most textured crop of this side. Tiles
-            with too few edges to estimate a blur from are left as they are (their kernel: no blur).
+            with too few edges to estimate a blur from take the PSF of the nearest tile that has one (if the guard
+            passes), or else stay as they are (their kernel: no blur).
         max_sharpening: the fast preset's guard against a wrong kernel estimate: when a tile's deconvolved total
             variation (mean absolute difference of neighbouring pixels) exceeds this many times the blurry tile's
             (that much new detail is ringing, not restored edges), its PSF is estimated once more with a quarter

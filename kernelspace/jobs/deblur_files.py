@@ -146,8 +146,8 @@ class _TileStore(MutableMapping):
         with safe_open(str(self._file(index)), "pt") as f:
             if "psf" not in f.keys():  # a tile an older version wrote: computed again
                 raise KeyError(index)
-            status = (f.metadata() or {}).get("status", "estimated")
-            return TileResult(f.get_tensor("restored"), f.get_tensor("kernel"), f.get_tensor("psf"), status)
+            tensors = [f.get_tensor(name) for name in ("restored", "kernel", "psf")]
+            return TileResult(*tensors, f.metadata()["status"])
 
     def __setitem__(self, index: int, value: TileResult) -> None:
         tensors = {"restored": value.restored, "kernel": value.kernel, "psf": value.psf}
