@@ -387,6 +387,8 @@ def train(
                 (out / LOG_NAME).unlink(missing_ok=True)  # a run that failed before its first checkpoint leaves nothing
             raise
     if distributed:
+        # Ranks leave together: one that tears gloo down while rank 0 still writes the model aborts the run.
+        dist.barrier()
         dist.destroy_process_group()
     return model
 
