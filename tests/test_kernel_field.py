@@ -69,6 +69,61 @@ def test_same_pair_transfer_on_levin(levin_pair):
     assert reblurred > 40.0 and reblurred > identity + 15
 
 
+def test_fast_and_solved_extraction_on_levin(levin_pair):
+    # Both ways of computing G on a real camera-shake pair: the fast one (the default) within a fraction of a dB
+    # of the coupled solver (their speeds are benchmarks/bench_transfer.py's).
+    sharp, blurry = levin_pair
+    model = KernelField(iterations=60)
+    assert model.extractor == "fast" and model.extraction_methods == ("fast", "solve")
+    ref = torch.from_numpy(blurry.astype(np.float32) / 255)[None, None]
+    scores = {}
+    for method in ("fast", "solve"):
+        k = model.extract_kernel(sharp, blurry, method=method)
+        out = torch.from_numpy(model.apply_kernel(sharp, k).astype(np.float32) / 255)[None, None]
+        scores[method] = psnr(*aligned(out, ref))
+    assert scores["fast"] > 42.0 and scores["fast"] > scores["solve"] - 1.0, scores
+    with pytest.raises(ValueError, match="method must be one of 'fast', 'solve'"):
+        model.extract_kernel(sharp, blurry, method="network")
+    with pytest.raises(ValueError, match="extractor must be one of"):
+        KernelField(extractor="learned")
+
+
+def test_fast_extraction_follows_a_blur_that_varies_across_a_photo(photo):
+    # A real photo blurred by a different PSF in every cell. The pooled (uniform) fit cannot follow it; fitting
+    # each cell on its window does much better, and a few coupled steps from there (the fast extractor's finish)
+    # correct what fitting the overlapping windows apart left.
+    from kernelspace.metrics import psnr as score
+    from kernelspace.physics.kernel_estimation import estimate_psf_field, fast_psf_field
+
+    x = (torch.from_numpy(photo[:192, :256].copy()).permute(2, 0, 1)[None].float() / 255).mean(1, keepdim=True)
+    field = random_psf(torch.Generator().manual_seed(3), size=13, max_extent=10.0, max_offset=0.0, batch=12)
+    y = space_varying_blur(x, field.reshape(1, 3, 4, 13, 13), 64)
+    inner = (..., slice(6, -6), slice(6, -6))
+    fit = lambda est: score(space_varying_blur(x, est, 64)[inner], y[inner])  # noqa: E731
+    pooled = fast_psf_field(x, y, cell=64, psf_size=13, per_cell=False)
+    cells = fast_psf_field(x, y, cell=64, psf_size=13)
+    finished = estimate_psf_field(x, y, cell=64, psf_size=13, init=cells, iterations=10, power_iterations=4)
+    assert bool((pooled == pooled[:, :1, :1]).all())
+    assert fit(cells) > fit(pooled) + 4 and fit(finished) > fit(cells) + 5 and fit(finished) > 45, (
+        fit(pooled), fit(cells), fit(finished))
+
+
+def test_an_old_config_without_an_extractor_loads_with_the_fast_one(tmp_path):
+    import json
+
+    model = KernelField(cell=32, psf_size=9)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("extractor", "fast_iterations", "fast_refine_iterations"):
+        config.pop(key)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = load_model(tmp_path / "m")
+    assert loaded.extractor == "fast"
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    k = loaded.extract_kernel(x, loaded.apply_kernel(x, loaded.sample_kernel(64, 64, seed=0)), method="solve")
+    assert k.shape == (1, 82, 2, 2)
+
+
 def test_prior_is_seeded_valid_and_varies_across_the_image():
     model = KernelField(cell=64, psf_size=21, prior_max_extent=15.0, prior_max_rotation=3.0)
     k = model.sample_kernel(256, 320, batch=2, seed=5)

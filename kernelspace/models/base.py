@@ -112,10 +112,15 @@ class KernelSpaceModel(
         """Whether :meth:`sample_kernel` can draw novel kernels."""
         return False
 
+    #: The ways :meth:`extract_kernel` can compute G (its ``method=``); the first is the default unless the model's
+    #: config picks another.
+    extraction_methods: tuple[str, ...] = ("network",)
+
     def _kernel_from_pair(
-        self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None
+        self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None, method: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Padded tensors -> (kernel mean, sigma or None); ``valid`` is the unpadded (height, width)."""
+        """Padded tensors -> (kernel mean, sigma or None); ``valid`` is the unpadded (height, width), ``method``
+        one of :attr:`extraction_methods` (``None``: the model's default)."""
         raise NotImplementedError
 
     def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -168,7 +173,7 @@ class KernelSpaceModel(
 
     # -- the public interface ---------------------------------------------------------------------------------
     def extract_kernel(
-        self, sharp: ImageLike, blurry: ImageLike, *, return_dist: bool = False
+        self, sharp: ImageLike, blurry: ImageLike, *, return_dist: bool = False, method: str | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """G(x, y): the latent blur kernel that turns ``sharp`` into ``blurry``.
 
@@ -176,12 +181,20 @@ class KernelSpaceModel(
             sharp: the sharp image(s) x, any accepted image kind.
             blurry: the blurry image(s) y, same size as ``sharp``.
             return_dist: also return sigma (models with a prior, such as the VAE head).
+            method: how G is computed, one of the model's :attr:`extraction_methods` (``None``: its default). For
+                :class:`~kernelspace.models.KernelField`: ``"fast"`` (cell by cell, then a few exact steps) or
+                ``"solve"`` (the coupled least squares, coarse to fine: seconds more, a fraction of a dB better).
 
         Returns:
             ``k`` as a ``(B, kernel_channels, h, w)`` tensor on the input's device (B = 1 for a single image),
             or ``(mean, sigma)``. Inputs that require grad give a differentiable ``k``; otherwise it is computed
             under :func:`torch.inference_mode` (``k.clone()`` makes it an ordinary tensor to optimise).
         """
+        if method is not None and method not in self.extraction_methods:
+            raise ValueError(
+                f"method must be one of {', '.join(map(repr, self.extraction_methods))} for {type(self).__name__}, "
+                f"got {method!r}"
+            )
         x, spec = self._prepare(sharp, "sharp")
         y, _ = self._prepare(blurry, "blurry")
         if x.shape != y.shape:
@@ -193,7 +206,7 @@ class KernelSpaceModel(
         ph, pw = self.padded_size(*x.shape[-2:])
         with self._grad_context(x, y):
             valid = (x.shape[-2], x.shape[-1])
-            mean, sigma = self._kernel_from_pair(_pad_to(x, ph, pw), _pad_to(y, ph, pw), valid=valid)
+            mean, sigma = self._kernel_from_pair(_pad_to(x, ph, pw), _pad_to(y, ph, pw), valid=valid, method=method)
         out_device = spec.device or torch.device("cpu")
         if return_dist:
             return mean.to(out_device), sigma.to(out_device)

@@ -194,7 +194,7 @@ class BKSNet(KernelSpaceModel, architecture="bks"):
         return self.use_vae
 
     def _kernel_from_pair(
-        self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None
+        self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None, method: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         features = torch.cat([self.feature_extractor(sharp), self.feature_extractor(blurry)], 1)
         out = self.kernel_extractor(features)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .blur import fft_size, mirrored_region, psf_blur, reflect_pad
 
-__all__ = ["space_varying_blur", "patch_spectra", "blur_from_spectra", "PatchSpectra"]
+__all__ = ["space_varying_blur", "patch_spectra", "blur_from_spectra", "blur_adjoint", "PatchSpectra"]
 
 
 TILE_BYTES = 64 << 20
@@ -115,6 +115,18 @@ class _PatchGeometry:
         out[..., t0:t1, l0:l1] += block[..., t0 - top : t1 - top, l0 - left : l1 - left]
 
 
+    def correlate(self, framed: torch.Tensor, spectra: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """The adjoint of :meth:`blur_into` in the PSFs: each patch of a residual, correlated with the block's patch
+        spectra and summed over channels; (B, rows, cols, S, S). ``framed`` is the (B, C, H, W) residual with
+        ``margin`` zeros on every side (the output a patch wrote outside the image was dropped: no residual)."""
+        n, patch, cell, r = self.n, self.patch, self.cell, self.r
+        region = framed[..., rows.start * cell : (rows.stop - 1) * cell + patch,
+                        cols.start * cell : (cols.stop - 1) * cell + patch]
+        patches = region.unfold(2, patch, cell).unfold(3, patch, cell)  # (B, C, rows, cols, patch, patch)
+        lags = torch.fft.irfft2((spectra * torch.fft.rfft2(patches, s=(n, n)).conj()).sum(1), s=(n, n))
+        return lags.roll((r, r), dims=(-2, -1))[..., : 2 * r + 1, : 2 * r + 1]
+
+
 def _balanced(total: int, most: int) -> int:
     """The block length that splits ``total`` into as few pieces of at most ``most`` as possible, evenly."""
     pieces = math.ceil(total / max(most, 1))
@@ -140,6 +152,29 @@ def blur_from_spectra(spec: PatchSpectra, psf: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(b, c, height, width, dtype=spec.spectra.real.dtype, device=spec.spectra.device)
     for rows, cols in geo.blocks(geo.cell_bytes(b * c, psf.shape[0], out.element_size())):
         geo.blur_into(out, spec.spectra[:, :, rows, cols], psf[:, rows, cols], rows, cols)
+    return out
+
+
+def blur_adjoint(spec: PatchSpectra, residual: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`blur_from_spectra` in the PSFs: the gradient, with respect to the (B, gh, gw, S, S)
+    PSF field, of ``(blur_from_spectra(spec, psf) * residual).sum()``. Lets a solver step without autograd.
+
+    Example:
+        >>> import torch
+        >>> x, res = torch.rand(1, 2, 64, 64), torch.rand(1, 2, 64, 64)
+        >>> psf = torch.rand(1, 2, 2, 5, 5, requires_grad=True)
+        >>> spec = patch_spectra(x, 32, 5)
+        >>> (blur_from_spectra(spec, psf) * res).sum().backward()
+        >>> bool(torch.allclose(blur_adjoint(spec, res), psf.grad, atol=1e-4))
+        True
+    """
+    b, c, height, width = spec.shape
+    geo = _PatchGeometry(height, width, spec.cell, spec.psf_size)
+    framed = F.pad(residual, (geo.margin,) * 4)
+    s = 2 * geo.r + 1
+    out = torch.empty(b, *geo.grid, s, s, dtype=residual.dtype, device=residual.device)
+    for rows, cols in geo.blocks(geo.cell_bytes(b * c, 0, residual.element_size())):
+        out[:, rows, cols] = geo.correlate(framed, spec.spectra[:, :, rows, cols], rows, cols)
     return out
 
 
