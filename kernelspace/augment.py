@@ -112,7 +112,7 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         >>> from kernelspace.physics.degrade import Degradation
         >>> real = KernelSpaceAugment(p=1.0, model=aug.model, degradation=Degradation(p_jpeg=1.0))
         >>> y = real(x, generator=torch.Generator().manual_seed(0))
-        >>> torch.equal(real(x, params=real._params), y), int(real._params["jpeg_quality"][0]) in range(60, 96)
+        >>> torch.equal(real(x, params=real._params), y), int(real._params["jpeg_quality"].min()) >= 60
         (True, True)
     """
 

@@ -214,9 +214,9 @@ class Degradation:
                 raise ValueError(f"Degradation: {name} must be a probability in [0, 1], got {value!r}")
 
     def sample(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Draw the parameters of ``batch`` samples (CPU tensors, keys :attr:`PARAM_KEYS`): which get noise
-        (``noise_prob``, 0 or 1) at which levels (``noise_shot``, ``noise_read``) from which seed (``noise_seed``),
-        and which are JPEG-coded (``jpeg_prob``) at which quality (``jpeg_quality``).
+        """Draw the parameters of ``batch`` samples (CPU tensors, the keys ``Degradation.PARAM_KEYS``): which
+        get noise (``noise_prob``, 0 or 1) at which levels (``noise_shot``, ``noise_read``) from which seed
+        (``noise_seed``), and which are JPEG-coded (``jpeg_prob``) at which quality (``jpeg_quality``).
 
         Everything is drawn, in a fixed order, whatever the probabilities: a seed gives each sample the same
         draws. ``generator``: a CPU generator (``None``: PyTorch's global one).
