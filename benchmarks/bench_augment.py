@@ -3,9 +3,10 @@
     python benchmarks/bench_augment.py [--model SOURCE] [--batches N] [--parts speed,loader]
 
 - speed: 256x256 RGB, batch 16, every image blurred (p=1): the model's ``apply_kernel`` alone (the floor the
-  augmentation sits on), ``KernelSpaceAugment`` (a fresh prior kernel per sample, a fixed pool of 64, and p=0.5), kornia's ``RandomMotionBlur`` (short and
-  long kernels) and albumentations' ``MotionBlur`` where it is installed. Target: >= 200 images/s for the
-  augmentation.
+  augmentation sits on), ``KernelSpaceAugment`` (a fresh prior kernel per sample, a fixed pool of 64, and p=0.5;
+  with the degradation chain: noise and JPEG on every sample, and the default ``Degradation()``, JPEG on half),
+  kornia's ``RandomMotionBlur`` (short and long kernels) and albumentations' ``MotionBlur`` where it is
+  installed. Target: >= 200 images/s for the augmentation (blur alone).
 - loader: a DataLoader with 2 workers feeding 256x256 crops of the clean photos in ../shared/data/train
   (``PhotoFolder``): loading and cropping alone, the augmentation alone on those batches, and the two together
   (augmentation on each batch in the main process, and per image inside the workers), so one can see which part
@@ -28,7 +29,7 @@ import torch
 from common import report, seconds_per_call
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from kernelspace import KernelSpaceAugment, load_model
+from kernelspace import Degradation, KernelSpaceAugment, load_model
 from kernelspace.data.folders import PhotoFolder
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
@@ -49,12 +50,17 @@ def speed(model) -> list[dict]:
     kernels = aug.kernels(params, SIDE, SIDE)
     pooled = KernelSpaceAugment(p=1.0, model=model, pool_size=64)
     pooled.kernel_pool(SIDE, SIDE)
+    full_chain = KernelSpaceAugment(p=1.0, model=model, degradation=Degradation(p_noise=1.0, p_jpeg=1.0))
+    default_chain = KernelSpaceAugment(p=1.0, model=model, degradation=Degradation())
     cases = [
         ("model.apply_kernel (floor)", lambda: model.apply_kernel(x, kernels), "one call, kernels given"),
         ("KernelSpaceAugment p=1", lambda: aug(x), f"a fresh prior kernel per sample (the default), drawn in "
                                                    f"{1e3 * draw_s:.1f} ms per batch"),
         ("KernelSpaceAugment p=1, pool_size=64", lambda: pooled(x), "a fixed pool of 64 prior kernels, built once"),
         ("KernelSpaceAugment p=0.5", lambda: half(x), "about half the batch blurred"),
+        ("KernelSpaceAugment p=1, full chain", lambda: full_chain(x),
+         "blur, Poisson-Gaussian noise, clipping, response, JPEG 60-95 on every sample"),
+        ("KernelSpaceAugment p=1, Degradation()", lambda: default_chain(x), "the default chain: JPEG on half"),
         ("kornia RandomMotionBlur k=9", lambda: K.RandomMotionBlur(9, 35.0, 0.5, p=1.0)(x), "straight line, 9 px"),
         ("kornia RandomMotionBlur k=3..31", lambda: K.RandomMotionBlur((3, 31), 180.0, 1.0, p=1.0)(x),
          "straight line up to 31 px (the prior's reach)"),

@@ -1,7 +1,8 @@
-"""Helpers shared by the benchmark scripts: timing, peak memory, a printed table and a JSON record."""
+"""Helpers shared by the benchmark scripts: timing, peak memory, a printed table and a JSON record, the command line of the picture scripts."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -70,3 +71,12 @@ def report(name: str, rows: list[dict], columns: list[str], extra: dict | None =
 
 def _fmt(v: object) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def picture_args(doc: str, default_out: str) -> argparse.Namespace:
+    """The command line of the scripts that draw a picture for the docs: ``--model SOURCE`` and ``--out PNG``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--model", help="a load_model source (default: the shipped default model)")
+    parser.add_argument("--out", default=default_out)
+    return parser.parse_args()
+

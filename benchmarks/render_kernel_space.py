@@ -9,11 +9,12 @@ camera-shake trajectory prior. Each PSF is drawn normalised to its peak.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import picture_args
 
 from kernelspace import load_model, render_kernel
 
@@ -21,10 +22,7 @@ LEVIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "levi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a load_model source (default: the shipped default model)")
-    parser.add_argument("--out", default="docs/img/kernel_space/psf_samples.png")
-    args = parser.parse_args()
+    args = picture_args(__doc__, "docs/img/kernel_space/psf_samples.png")
     model = load_model(args.model, device="cpu")
     recorded = torch.cat([model.fit_canvas(torch.from_numpy(np.load(LEVIN / f"levin09_kernel{i}.npy")).float()[None])
                           for i in range(1, 9)])

@@ -22,12 +22,14 @@ from . import deblur  # the package is callable: kernelspace.deblur(img) is kern
 from .deblur import BlindDeblurrer
 from .synthesis import BlurSynthesizer
 from .augment import KernelSpaceAugment
+from .physics.degrade import Degradation
 
 __all__ = [
     "__version__",
     "BKSNet",
     "BlindDeblurrer",
     "BlurSynthesizer",
+    "Degradation",
     "KernelField",
     "KernelSpaceModel",
     "KernelSpaceAugment",

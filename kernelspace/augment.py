@@ -16,6 +16,15 @@ kernel of its own; ``kernel_seed``: the seed of that kernel), and ``aug(x, param
 ``aug.apply(x, params)`` replays exactly, in any process; the last parameters are kept in ``aug._params``, so
 the same blur can be put on a second input, and :meth:`KernelSpaceAugment.kernels` gives the kernels themselves.
 
+A degradation chain (``degradation=``, a :class:`~kernelspace.physics.degrade.Degradation`) makes the blurred
+samples look like real photos: in linear light, blur -> Poisson-Gaussian sensor noise -> clipping -> camera
+response -> JPEG, each of the two added stages with a probability of its own. The blur, clipping and response are
+the model's (:meth:`~kernelspace.models.KernelSpaceModel.apply_kernel`, which runs the noise between the blur and
+the clipping); noise and JPEG are :mod:`kernelspace.physics.degrade`. Their parameters join the dict
+(``noise_prob``, ``noise_shot``, ``noise_read``, ``noise_seed``, ``jpeg_prob``, ``jpeg_quality``), drawn after the
+blur's, so a seed gives the same kernels with the chain or without, and they replay exactly too: each sample's
+noise comes from its own ``noise_seed``. Without ``degradation`` (the default) nothing changes.
+
 DataLoader workers: the augmentation pickles without its model; each worker loads the model once, on first use
 (the default model, or the ``model=`` source given). PyTorch runs every worker with ``torch.set_num_threads(1)``
 and the augmentation starts no threads of its own, so ``num_workers`` workers use ``num_workers`` cores. Blurring
@@ -30,6 +39,7 @@ replays a run.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +51,7 @@ from .device import check_threads, torch_threads
 from .hub import load_model
 from .io import ImageLike, from_tensor, to_tensor
 from .models import KernelSpaceModel
+from .physics.degrade import Degradation, jpeg_compress, sensor_noise
 from .synthesis import ModelLike
 
 __all__ = ["KernelSpaceAugment"]
@@ -76,6 +87,9 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         threads: CPU threads PyTorch uses while blurring (``None``: PyTorch's setting). Inside DataLoader workers
             PyTorch already uses one; in the main process beside busy workers, ``threads=1`` is often several
             times faster than the default of one per core (:func:`~kernelspace.device.torch_threads`).
+        degradation: ``None`` (blur only), or the sensor noise and JPEG stages to add to each blurred sample
+            (:class:`~kernelspace.physics.degrade.Degradation`; ``Degradation()`` has defaults for handheld
+            photos at ISO 100-3200). Samples left unblurred (``p``) are left untouched.
 
     Example:
         >>> import torch
@@ -92,6 +106,14 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         >>> sharp, blurry = KernelSpaceAugment(p=1.0, model=aug.model, return_pair=True)(x[0])
         >>> sharp.shape, blurry.shape
         (torch.Size([3, 32, 48]), torch.Size([3, 32, 48]))
+
+        The full chain, replayed from its parameters:
+
+        >>> from kernelspace.physics.degrade import Degradation
+        >>> real = KernelSpaceAugment(p=1.0, model=aug.model, degradation=Degradation(p_jpeg=1.0))
+        >>> y = real(x, generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(real(x, params=real._params), y), int(real._params["jpeg_quality"].min()) >= 60
+        (True, True)
     """
 
     def __init__(
@@ -104,6 +126,7 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         pool_size: int | None = None,
         pool_seed: int = 0,
         threads: int | None = None,
+        degradation: Degradation | None = None,
     ) -> None:
         self.threads = check_threads(threads)
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
@@ -123,6 +146,12 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             raise ValueError(f"pool_seed must be an integer, got {pool_seed!r}")
         if not isinstance(return_pair, bool):
             raise ValueError(f"return_pair must be True or False, got {return_pair!r}")
+        if degradation is not None and not isinstance(degradation, Degradation):
+            raise TypeError(
+                "degradation must be None (blur only) or a kernelspace.physics.degrade.Degradation, "
+                f"got {type(degradation).__name__}"
+            )
+        self.degradation = degradation
         self.source, self.return_pair = source, return_pair
         self.pool_size, self.pool_seed = pool_size, pool_seed
         # The models live in a plain dict (by device), not as submodules: they stay out of state_dict and, when
@@ -155,6 +184,11 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         """Size of the pool that ``kernel_index`` points into: the real kernels first, then the prior's fixed pool
         (with ``pool_size``)."""
         return len(self._real_kernels) + (self.pool_size if self._prior_pooled else 0)
+
+    @property
+    def _param_keys(self) -> tuple[str, ...]:
+        """The per-sample keys of this augmentation's parameters."""
+        return _PARAM_KEYS + (Degradation.PARAM_KEYS if self.degradation is not None else ())
 
     @property
     def _prior_pooled(self) -> bool:
@@ -242,7 +276,8 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         self, batch_shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """Draw which samples are blurred (``batch_prob``), the pool kernel of each (``kernel_index``, -1 for a
-        kernel of its own) and the seed of its own kernel (``kernel_seed``).
+        kernel of its own) and the seed of its own kernel (``kernel_seed``); with ``degradation``, then the
+        noise and JPEG parameters (:meth:`~kernelspace.physics.degrade.Degradation.sample`).
 
         Args:
             batch_shape: the batch's shape (only its first entry, the batch size, matters).
@@ -265,23 +300,27 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             index = prior
         else:
             index = torch.where(use_prior, prior, real)
-        return {
+        params = {
             "batch_prob": gate.float(),
             "kernel_index": index,
             "kernel_seed": seed,
             "forward_input_shape": torch.tensor(tuple(batch_shape), dtype=torch.long),
         }
+        if self.degradation is not None:
+            params.update(self.degradation.sample(batch, generator))
+        return params
 
     def _check_params(self, params: Any, batch: int | None = None) -> None:
         """Raise unless ``params`` fit this augmentation (and a batch of ``batch``, when given)."""
-        if not isinstance(params, dict) or any(k not in params for k in _PARAM_KEYS):
+        keys = self._param_keys
+        if not isinstance(params, dict) or any(k not in params for k in keys):
             raise ValueError(
-                f"params must be a dict with {', '.join(_PARAM_KEYS)} (from forward_parameters or aug._params), "
+                f"params must be a dict with {', '.join(keys)} (from forward_parameters or aug._params), "
                 f"got {params!r:.80}"
             )
         index = params["kernel_index"]
         batch = index.shape[0] if batch is None else batch
-        if any(params[k].shape != (batch,) for k in _PARAM_KEYS):
+        if any(params[k].shape != (batch,) for k in keys):
             raise ValueError(f"params were drawn for a batch of {index.shape[0]} images, got {batch}")
         lowest = _OWN if self.source != "pool" and not self._prior_pooled else 0
         if index.numel() and not lowest <= int(index.min()) <= int(index.max()) < self.num_kernels:
@@ -289,6 +328,12 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
                 f"params['kernel_index'] must lie in [{lowest}, {self.num_kernels}): the pool's kernels"
                 + (", or -1 for a kernel drawn from the sample's kernel_seed" if lowest < 0 else "")
             )
+        if self.degradation is not None:
+            quality, noise = params["jpeg_quality"], torch.cat([params["noise_shot"], params["noise_read"]])
+            if quality.numel() and not 1 <= int(quality.min()) <= int(quality.max()) <= 100:
+                raise ValueError("params['jpeg_quality'] must lie in [1, 100] (libjpeg's quality scale)")
+            if not bool(torch.isfinite(noise).all() & (noise >= 0).all()):
+                raise ValueError("params['noise_shot'] and params['noise_read'] must be finite and at least 0")
 
     # -- applying ------------------------------------------------------------------------------------------------
     def apply_transform(
@@ -307,15 +352,31 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         selected = (params["batch_prob"] > 0.5).cpu()
         if not bool(selected.any()):
             return input
-        model = self._model_on(input.device)
-        height, width = input.shape[-2:]
         if bool(selected.all()):  # one call for the whole batch, no copies
-            return model.apply_kernel(input, self.kernels(params, height, width, input.device))
-        chosen = {k: params[k].cpu()[selected] for k in _PARAM_KEYS}
+            return self._degrade(input, params)
+        chosen = {k: params[k].cpu()[selected] for k in self._param_keys}
         rows = selected.nonzero().flatten().to(input.device)
         out = input.clone()
-        out[rows] = model.apply_kernel(input[rows], self.kernels(chosen, height, width, input.device))
+        out[rows] = self._degrade(input[rows], chosen)
         return out
+
+    def _degrade(self, sharp: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The chain on a batch whose every sample is blurred: the blur, noise in linear light, clipping and the
+        response (the model's), JPEG."""
+        model = self._model_on(sharp.device)
+        kernels = self.kernels(params, *sharp.shape[-2:], sharp.device)
+        if self.degradation is None:
+            return model.apply_kernel(sharp, kernels)
+        noisy = params["noise_prob"].cpu() > 0.5
+        shot, read = (params[k].cpu() * noisy for k in ("noise_shot", "noise_read"))  # 0 and 0: no noise
+        sensor = functools.partial(sensor_noise, shot=shot, read=read, seed=params["noise_seed"].cpu())
+        blurry = model.apply_kernel(sharp, kernels, sensor=sensor)
+        coded = (params["jpeg_prob"] > 0.5).cpu()
+        if not bool(coded.any()):
+            return blurry
+        rows = coded.nonzero().flatten()
+        decoded = jpeg_compress(blurry[rows.to(blurry.device)], params["jpeg_quality"].cpu()[rows])
+        return blurry.index_copy(0, rows.to(blurry.device), decoded)
 
     def forward(
         self,
@@ -361,7 +422,8 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
             params = self.forward_parameters((len(images),), generator)
         self._check_params(params, len(images))
         outs = [
-            self.forward(img, params={k: params[k][i : i + 1] for k in _PARAM_KEYS}) for i, img in enumerate(images)
+            self.forward(img, params={k: params[k][i : i + 1] for k in self._param_keys})
+            for i, img in enumerate(images)
         ]
         self._params = params
         return tuple(map(list, zip(*outs))) if self.return_pair else outs

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +34,10 @@ from ..io import ImageLike, from_tensor, to_tensor
 from ..metrics import charbonnier
 from ..physics.blur import reflect_pad
 
-__all__ = ["KernelSpaceModel", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME", "check_int", "check_number"]
+#: A function on linear light, ``(B, C, H, W) -> (B, C, H, W)``, run between the blur and clipping.
+Sensor = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = ["KernelSpaceModel", "Sensor", "ARCHITECTURES", "WEIGHTS_NAME", "CONFIG_NAME", "check_int", "check_number"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -123,8 +126,10 @@ class KernelSpaceModel(
         one of :attr:`extraction_methods` (``None``: the model's default)."""
         raise NotImplementedError
 
-    def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Padded tensor and a kernel on its grid -> blurred tensor."""
+    def _blur_with_kernel(
+        self, sharp: torch.Tensor, kernel: torch.Tensor, sensor: Sensor | None = None
+    ) -> torch.Tensor:
+        """Padded tensor and a kernel on its grid -> blurred tensor, with ``sensor`` applied in linear light."""
         raise NotImplementedError
 
     def _sample_prior(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -212,12 +217,18 @@ class KernelSpaceModel(
             return mean.to(out_device), sigma.to(out_device)
         return mean.to(out_device)
 
-    def apply_kernel(self, sharp: ImageLike, kernel: torch.Tensor) -> ImageLike:
+    def apply_kernel(self, sharp: ImageLike, kernel: torch.Tensor, *, sensor: Sensor | None = None) -> ImageLike:
         """F(x, k): blur ``sharp`` with the latent kernel ``kernel``; differentiable in both.
 
         ``kernel`` is ``(B, C, h, w)`` or ``(1, C, h, w)`` (shared by the batch); a kernel made for another
         image size is resized to this image's grid (see :meth:`resize_kernel`). Returns the same image kind,
         dtype, layout and channel count as ``sharp``.
+
+        ``sensor``: a function applied to the blurred batch in linear light, before clipping and the camera
+        response (sensor noise: :func:`kernelspace.physics.degrade.sensor_noise`); it sees the padded
+        ``(B, C, H', W')`` tensor (:meth:`padded_size`). A model that blurs linear light (:class:`KernelField`)
+        calls it there; :class:`BKSNet`, a network on encoded values, decodes its output with the power law 2.2
+        for it and clips and encodes the result.
         """
         x, spec = self._prepare(sharp, "sharp")
         k = self._check_kernel(kernel, x.shape[0]).to(self.device)
@@ -225,7 +236,7 @@ class KernelSpaceModel(
         ph, pw = self.padded_size(height, width)
         with self._grad_context(x, k):
             k = self.resize_kernel(k, height, width).expand(x.shape[0], -1, -1, -1)
-            y = self._blur_with_kernel(_pad_to(x, ph, pw), k)
+            y = self._blur_with_kernel(_pad_to(x, ph, pw), k, sensor)
         return from_tensor(y[..., :height, :width], spec)
 
     def sample_kernel(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import KernelSpaceModel, check_int
+from ..physics.response import from_linear, to_linear
+from .base import KernelSpaceModel, Sensor, check_int
 from .layers import ResidualBlock
 
 __all__ = ["BKSNet"]
@@ -202,9 +203,15 @@ class BKSNet(KernelSpaceModel, architecture="bks"):
             return out[:, : self.kernel_dim], out[:, self.kernel_dim :]
         return out, None
 
-    def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _blur_with_kernel(
+        self, sharp: torch.Tensor, kernel: torch.Tensor, sensor: Sensor | None = None
+    ) -> torch.Tensor:
         adapted = self.adapter(self.feature_extractor(sharp), kernel)
-        return self.recon_trunk(adapted) + sharp
+        blurry = self.recon_trunk(adapted) + sharp
+        if sensor is None:
+            return blurry
+        # The network works on encoded values: the sensor gets them decoded with a typical camera's response.
+        return from_linear(sensor(to_linear(blurry)).clamp(0, 1))
 
     def _sample_prior(self, batch: int, grid: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         # The VAE head was trained towards a standard normal prior on each latent cell.

@@ -8,7 +8,8 @@ of the camera response (the same in every cell).
 - F(x, k) (:meth:`apply_kernel`): decode the image to linear light (``x ** gamma``), blur it with the PSF field
   blended bilinearly between cell centres (:mod:`kernelspace.physics.eff`), clip at 1 (saturation) and encode
   again. Each PSF is made non-negative and normalised to sum to one before use, so every ``k`` is a physically
-  valid blur and F is differentiable in x and k. Noise is out of F's scope: F gives the expected blurry image.
+  valid blur and F is differentiable in x and k. F gives the expected blurry image; sensor noise enters through
+  ``apply_kernel(..., sensor=)``, between the blur and clipping.
 - G(x, y) (:meth:`extract_kernel`): the non-negative least-squares PSF field on image gradients. The default
   ``extractor="fast"``: on the pair's channel mean in linear light (the blur is the same in every channel), each
   cell fitted on its own window (:func:`kernelspace.physics.kernel_estimation.fast_psf_field`) once per
@@ -42,7 +43,7 @@ from ..physics.blur import psf_blur
 from ..physics.eff import space_varying_blur
 from ..physics.kernel_estimation import estimate_psf_field, fast_psf_field
 from ..physics.psf import fit_canvas, rasterize_psf, shake_trajectory
-from .base import KernelSpaceModel, check_int, check_number
+from .base import KernelSpaceModel, Sensor, check_int, check_number
 from .psf_vae import PSFAutoencoder
 
 __all__ = ["KernelField"]
@@ -274,12 +275,14 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         return kernel
 
     # -- F, G and the prior on padded tensors ------------------------------------------------------------------
-    def _blur_with_kernel(self, sharp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _blur_with_kernel(
+        self, sharp: torch.Tensor, kernel: torch.Tensor, sensor: Sensor | None = None
+    ) -> torch.Tensor:
         if kernel.shape[0] > 1 and kernel.stride(0) == 0:
             kernel = kernel[:1]  # one kernel expanded over the batch: normalise and transform it once
         gamma = self.response(kernel)
         blurred = space_varying_blur(_linear(sharp, gamma), self.psf_field(kernel), self.cell)
-        return _encoded(blurred, gamma)
+        return _encoded(blurred if sensor is None else sensor(blurred), gamma)
 
     def _kernel_from_pair(
         self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None, method: str | None = None
