@@ -7,7 +7,9 @@
 - Levin across scenes: k from scene i's pair applied to scene j's sharp image, scored against scene j's real
   blurry image with the same recorded kernel (96 ordered pairs). Target >= 40 dB.
 - GoPro (6 real pairs, 1280x720, non-uniform blur), same pair, full frames. Target >= 35 dB, identity beside it.
-- Speed at 256x256 RGB, batch 16: apply_kernel target >= 200 images/s; extract_kernel reported.
+- Speed at 256x256 RGB, batch 16: apply_kernel target >= 200 images/s. Extraction time per pair at 256x256
+  (batch 1 and 16) and 1280x720, beside the published architecture's G measured in the same run (target: no
+  slower); the coupled solver (``method="solve"``) at 256x256 beside it.
 - ``latent`` (models with a learned kernel space): how well the latent space expresses Levin's recorded kernels:
   each kernel encoded and decoded, and a latent fitted to each real pair by gradient descent on the Charbonnier
   re-blur loss (started from the encoding); scored like the same-pair transfer.
@@ -130,16 +132,29 @@ def _score_t(estimate: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def speed(model) -> list[dict]:
+    """apply_kernel's throughput, and extraction time per pair beside the published architecture's G (random
+    weights: its speed does not depend on them) in the same run."""
+    from kernelspace.models import BKSNet
+
     g = torch.Generator().manual_seed(0)
     x = torch.rand(16, 3, 256, 256, generator=g)
     y = model.apply_kernel(x, model.sample_kernel(256, 256, batch=16, seed=0)).clamp(0, 1)
     k = model.extract_kernel(x[:1], y[:1])
     apply_s = seconds_per_call(lambda: model.apply_kernel(x, k.expand(16, -1, -1, -1)), repeat=7)
-    extract_s = seconds_per_call(lambda: model.extract_kernel(x[:1], y[:1]), repeat=3)
-    return [
-        {"set": "apply_kernel 256x256 batch 16", "images_per_s": 16 / apply_s, "target_images_per_s": 200},
-        {"set": "extract_kernel 256x256 batch 1", "images_per_s": 1 / extract_s},
-    ]
+    rows = [{"set": "apply_kernel 256x256 batch 16", "images_per_s": 16 / apply_s, "target_images_per_s": 200}]
+    torch.manual_seed(0)
+    published = BKSNet().eval()
+    big_x = torch.rand(1, 3, 720, 1280, generator=g)
+    big_y = model.apply_kernel(big_x, model.sample_kernel(720, 1280, seed=1)).clamp(0, 1)
+    cases = [("256x256 batch 1", x[:1], y[:1], 5), ("256x256 batch 16", x, y, 3), ("1280x720 batch 1", big_x, big_y, 3)]
+    for name, sx, sy, repeat in cases:
+        theirs = seconds_per_call(lambda: published.extract_kernel(sx, sy), repeat=repeat) / len(sx)
+        methods = ("fast", "solve") if name == "256x256 batch 1" else ("fast",)
+        for method in methods:
+            ours = seconds_per_call(lambda: model.extract_kernel(sx, sy, method=method), repeat=repeat) / len(sx)
+            rows.append({"set": f"extract_kernel ({method}) {name}", "s_per_pair": ours, "published_g_s_per_pair": theirs,
+                         "images_per_s": 1 / ours, "no_slower": "yes" if ours <= theirs else "NO"})
+    return rows
 
 
 def main() -> None:
@@ -156,7 +171,8 @@ def main() -> None:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(run)}")
     rows = [row for part in parts for row in run[part](model)]
     report("transfer_" + "_".join(parts), rows, ["set", "psnr_db", "min_db", "identity_db", "reference_db", "target_db",
-                                                 "images_per_s", "target_images_per_s"])
+                                                 "images_per_s", "target_images_per_s", "s_per_pair", "published_g_s_per_pair",
+                                                 "no_slower"])
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def _swap(args: argparse.Namespace) -> int:
         args.input, args.output, layout=args.layout, source=args.source, seed=args.seed,
         shard=parse_shard(args.shard), model=args.model, device=args.device, pairs=args.pairs,
         extract_crop=args.extract_crop, link=args.link, skip_errors=args.skip_errors, jpeg_quality=args.jpeg_quality,
-        progress=_progress(args),
+        batch=args.batch, progress=_progress(args),
     )
     sources = f", blur from {summary.sources} source pair(s)" if args.source != "prior" else ""
     print(f"{summary.layout} layout: wrote {summary.written}, {summary.skipped} already done, "
@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("--extract-crop", type=int, default=256,
                       help="side of the centre crop kernels are extracted from; 0 = whole image (default 256)")
     swap.add_argument("--link", action="store_true", help="hard-link the sharp images instead of copying them")
+    swap.add_argument("--batch", type=int, default=8,
+                      help="source pairs whose kernels are extracted in one call of the model (default 8)")
     swap.add_argument("--model", default=None, help="model source (folder, file, Hub id); default: the shipped model")
     _folder_job_options(swap)
     _run_options(swap)

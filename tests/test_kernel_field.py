@@ -108,6 +108,18 @@ def test_fast_extraction_follows_a_blur_that_varies_across_a_photo(photo):
         fit(pooled), fit(cells), fit(finished))
 
 
+def test_a_batch_of_pairs_gives_each_pair_its_own_kernel(photo):
+    # One call for several pairs (blur-swapping extracts in batches): each kernel as if its pair came alone.
+    model = KernelField(cell=64, psf_size=13)
+    x = torch.from_numpy(photo[:128, :192].copy()).permute(2, 0, 1)[None].float() / 255
+    x = torch.cat([x, x.flip(-1), x.flip(-2)])
+    y = model.apply_kernel(x, model.sample_kernel(128, 192, batch=3, seed=4)).clamp(0, 1)
+    batched = model.extract_kernel(x, y)
+    alone = torch.cat([model.extract_kernel(x[i : i + 1], y[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, alone, atol=2e-4, rtol=0)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-3)
+
+
 def test_an_old_config_without_an_extractor_loads_with_the_fast_one(tmp_path):
     import json
 

@@ -139,6 +139,7 @@ class _Kernels:
     def __init__(self, model: KernelSpaceModel, sources: list[ImagePair], extract_crop: int) -> None:
         self.model, self.sources, self.extract_crop = model, sources, extract_crop
         self._extracted: dict[str, tuple[torch.Tensor, list[int]]] = {}
+        self._unreadable: dict[str, str] = {}  # source pairs that could not be read: their outputs fail with this
 
     def origin(self, pair: ImagePair, mode: str, seed: int) -> dict[str, Any]:
         """Where ``pair``'s kernel comes from, as recorded in the manifest."""
@@ -151,16 +152,37 @@ class _Kernels:
         src = self.sources[index]
         return {"kind": "pair", "key": src.key, "sharp": str(src.sharp_rel), "blurry": str(src.blurry_rel)}
 
+    def extract(self, keys: set[str], batch: int, bar: Any) -> None:
+        """Extract the kernels of the source pairs ``keys`` not extracted yet, ``batch`` same-sized crops per call
+        of the model (a pair's kernel does not depend on the others in its batch beyond float rounding)."""
+        crops: dict[tuple[int, ...], list[tuple[str, torch.Tensor, torch.Tensor, list[int]]]] = {}
+        for src in self.sources:
+            if src.key in keys and src.key not in self._extracted:
+                try:
+                    sharp, box = _centre_crop(load_image(src.sharp), self.extract_crop)
+                    blurry, _ = _centre_crop(load_image(src.blurry), self.extract_crop)
+                except (ValueError, Image.DecompressionBombError) as err:
+                    self._unreadable[src.key] = f"its blur source {src.blurry}: {err}"
+                    bar.update(1)
+                    continue
+                x, y = to_tensor(sharp)[0], to_tensor(blurry)[0]
+                crops.setdefault((*x.shape, *y.shape), []).append((src.key, x, y, box))
+        for group in crops.values():
+            for start in range(0, len(group), batch):
+                part = group[start : start + batch]
+                kernels = self.model.extract_kernel(torch.cat([x for _, x, _, _ in part]),
+                                                    torch.cat([y for _, _, y, _ in part]))
+                for (key, _, _, box), kernel in zip(part, kernels):
+                    self._extracted[key] = kernel[None], box
+                bar.update(len(part))
+
     def kernel(self, origin: dict[str, Any], height: int, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if origin["kind"] == "prior":
             generator = torch.Generator().manual_seed(origin["seed"])  # CPU: the same kernel on any device
             return self.model.sample_kernel(height, width, generator=generator), origin
-        src = next(s for s in self.sources if s.key == origin["key"])
-        if src.key not in self._extracted:
-            sharp, box = _centre_crop(load_image(src.sharp), self.extract_crop)
-            blurry, _ = _centre_crop(load_image(src.blurry), self.extract_crop)
-            self._extracted[src.key] = self.model.extract_kernel(sharp, blurry), box
-        kernel, box = self._extracted[src.key]
+        if origin["key"] in self._unreadable:
+            raise ValueError(self._unreadable[origin["key"]])
+        kernel, box = self._extracted[origin["key"]]
         return kernel, {**origin, "crop": box}
 
 
@@ -179,6 +201,7 @@ def swap_dataset(
     link: bool = False,
     skip_errors: bool = True,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    batch: int = 8,
     progress: bool = True,
 ) -> SwapSummary:
     """Write a blur-swapped copy of the paired dataset at ``input_root`` to ``output_root``; resumable.
@@ -199,7 +222,8 @@ def swap_dataset(
         skip_errors: a pair whose image cannot be read or blurred is reported in ``failed`` and the run goes
             on; ``False`` stops at the first one.
         jpeg_quality: quality of JPEG (and WebP) blurry outputs, 1-100.
-        progress: show a progress bar.
+        batch: source pairs whose kernels are extracted in one call of the model (same-sized crops).
+        progress: show progress bars (the source pairs' extraction, then the outputs, in pairs per second).
 
     Returns:
         A :class:`SwapSummary`. A dataset with fewer than ``pairs`` pairs uses all of them as sources (a
@@ -221,7 +245,7 @@ def swap_dataset(
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, got {source!r}")
     shard_index, shard_count = parse_shard(f"{shard[0]}/{shard[1]}")
-    for name, value, low in (("pairs", pairs, 1), ("extract_crop", extract_crop, 0)):
+    for name, value, low in (("pairs", pairs, 1), ("extract_crop", extract_crop, 0), ("batch", batch, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     _check_folders(input_root, output_root)
@@ -277,15 +301,18 @@ def swap_dataset(
             _check_not_foreign(output_root, pair.blurry_rel, recorded.get(str(pair.blurry_rel), set()),
                                "an output listed in a manifest")
             todo.append(pair)
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="swap", unit="img", disable=not progress)
+        origins = {pair.key: kernels.origin(pair, source, seed) for pair in todo}
+        needed = {o["key"] for o in origins.values() if o["kind"] == "pair"}
+        with tqdm(total=len(needed), desc="extract", unit="pair", disable=not progress or not needed) as bar:
+            kernels.extract(needed, batch, bar)
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="swap", unit="pair", disable=not progress)
         with open(folder.confine(manifest), "ab") as log:
             for pair in todo:
                 for rel in (pair.sharp_rel, pair.blurry_rel):
                     folder.remove_legacy_parts(folder.confine(rel))
                 try:
                     sharp = load_image(pair.sharp)
-                    origin = kernels.origin(pair, source, seed)
-                    kernel, origin = kernels.kernel(origin, *to_tensor(sharp)[0].shape[-2:])
+                    kernel, origin = kernels.kernel(origins[pair.key], *to_tensor(sharp)[0].shape[-2:])
                     blurry = net.apply_kernel(sharp, kernel)
                 except (ValueError, Image.DecompressionBombError) as err:
                     if not skip_errors:

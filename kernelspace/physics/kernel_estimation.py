@@ -272,8 +272,9 @@ def _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturatio
     rhs = blur_adjoint(spec, _gradients_adjoint(_gradients(blurry) * mask))
     # Largest eigenvalue of A^T A by power iteration. A short one underestimates it (by up to 20% after four steps
     # on Levin and GoPro frames), which FISTA does not forgive: then the step is shortened by half as much again.
-    gen = torch.Generator(device=sharp.device).manual_seed(0)  # deterministic estimates
-    v = torch.rand(b, gh, gw, psf_size, psf_size, device=sharp.device, dtype=sharp.dtype, generator=gen)
+    # The same start for every image: an image's estimate does not depend on the batch it came in.
+    gen = torch.Generator(device=sharp.device).manual_seed(0)
+    v = torch.rand(1, gh, gw, psf_size, psf_size, device=sharp.device, dtype=sharp.dtype, generator=gen).repeat(b, 1, 1, 1, 1)
     lipschitz = torch.ones(b, device=sharp.device, dtype=sharp.dtype)
     for _ in range(power_iterations):
         v = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1, 1)
