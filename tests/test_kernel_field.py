@@ -90,10 +90,10 @@ def test_fast_and_solved_extraction_on_levin(levin_pair):
 
 def test_fast_extraction_follows_a_blur_that_varies_across_a_photo(photo):
     # A real photo blurred by a different PSF in every cell. The pooled (uniform) fit cannot follow it; fitting
-    # each cell on its window does much better, and a few coupled steps from there (the fast extractor's finish)
-    # correct what fitting the overlapping windows apart left.
+    # each cell on its window does much better, and the corrections on the coupled problem fix what fitting the
+    # overlapping windows apart left.
     from kernelspace.metrics import psnr as score
-    from kernelspace.physics.kernel_estimation import estimate_psf_field, fast_psf_field
+    from kernelspace.physics.kernel_estimation import fast_psf_field
 
     x = (torch.from_numpy(photo[:192, :256].copy()).permute(2, 0, 1)[None].float() / 255).mean(1, keepdim=True)
     field = random_psf(torch.Generator().manual_seed(3), size=13, max_extent=10.0, max_offset=0.0, batch=12)
@@ -101,8 +101,8 @@ def test_fast_extraction_follows_a_blur_that_varies_across_a_photo(photo):
     inner = (..., slice(6, -6), slice(6, -6))
     fit = lambda est: score(space_varying_blur(x, est, 64)[inner], y[inner])  # noqa: E731
     pooled = fast_psf_field(x, y, cell=64, psf_size=13, per_cell=False)
-    cells = fast_psf_field(x, y, cell=64, psf_size=13)
-    finished = estimate_psf_field(x, y, cell=64, psf_size=13, init=cells, iterations=10, power_iterations=4)
+    cells = fast_psf_field(x, y, cell=64, psf_size=13, steps=0)
+    finished = fast_psf_field(x, y, cell=64, psf_size=13)
     assert bool((pooled == pooled[:, :1, :1]).all())
     assert fit(cells) > fit(pooled) + 4 and fit(finished) > fit(cells) + 5 and fit(finished) > 45, (
         fit(pooled), fit(cells), fit(finished))
@@ -126,7 +126,7 @@ def test_an_old_config_without_an_extractor_loads_with_the_fast_one(tmp_path):
     model = KernelField(cell=32, psf_size=9)
     model.save_pretrained(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    for key in ("extractor", "fast_iterations", "fast_refine_iterations"):
+    for key in ("extractor", "fast_iterations", "fast_steps"):
         config.pop(key)
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     loaded = load_model(tmp_path / "m")

@@ -13,11 +13,10 @@ of the camera response (the same in every cell).
 - G(x, y) (:meth:`extract_kernel`): the non-negative least-squares PSF field on image gradients. The default
   ``extractor="fast"``: on the pair's channel mean in linear light (the blur is the same in every channel), each
   cell fitted on its own window (:func:`kernelspace.physics.kernel_estimation.fast_psf_field`) once per
-  candidate response exponent; the exponent that explains ``y`` best is kept, and a few steps of the coupled
-  solver (:func:`~kernelspace.physics.kernel_estimation.estimate_psf_field`) correct what fitting cells apart
-  left. ``extractor="solve"`` (or ``extract_kernel(..., method="solve")``): the coupled solver alone, coarse to
+  candidate response exponent; the exponent that explains ``y`` best is kept, and five corrections on the coupled
+  problem (exact gradient, the cells' own normal matrices as its curvature) fix what fitting cells apart left. ``extractor="solve"`` (or ``extract_kernel(..., method="solve")``): the coupled solver alone, coarse to
   fine on every channel: on the half-size pair, one estimate per exponent, the best one's upsampled field
-  starting the full-size estimate; about 20x slower, a fraction of a dB closer.
+  starting the full-size estimate; 10x slower at 256x256 and 100x on 1280x720 frames, no closer on Levin or GoPro.
 - The prior (:meth:`sample_kernel`): ``prior="trajectory"`` draws random camera shake (Boracchi & Foi style
   trajectories) with an in-plane rotation, which makes the blur vary across the image; ``prior="latent"`` draws
   from the learned kernel space: a VAE over local PSFs (:class:`~kernelspace.models.psf_vae.PSFAutoencoder`,
@@ -90,7 +89,8 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
             from its image's: 0 gives uniform blur.
         extractor: how :meth:`extract_kernel` computes G by default: ``"fast"`` or ``"solve"`` (module docstring).
         fast_iterations: FISTA iterations of each cell-by-cell solve of the fast extractor.
-        fast_refine_iterations: coupled-solver steps that finish the fast extractor's field.
+        fast_steps: corrections of the fast extractor's field on the coupled problem (each one blur and its
+            adjoint; :func:`~kernelspace.physics.kernel_estimation.fast_psf_field`).
 
     Example:
         >>> import torch
@@ -119,7 +119,7 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         latent_variation: float = 0.3,
         extractor: str = "fast",
         fast_iterations: int = 50,
-        fast_refine_iterations: int = 30,
+        fast_steps: int = 5,
     ) -> None:
         super().__init__()
         # Checked before anything is allocated: a config.json from elsewhere can ask for any size.
@@ -146,7 +146,7 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
             raise ValueError(f"extractor must be one of {', '.join(map(repr, self.extraction_methods))}, got {extractor!r}")
         self.extractor = extractor
         self.fast_iterations = check_int("fast_iterations", fast_iterations, 1, 100_000)
-        self.fast_refine_iterations = check_int("fast_refine_iterations", fast_refine_iterations, 0, 100_000)
+        self.fast_steps = check_int("fast_steps", fast_steps, 0, 1000)
         # A buffer gives the model a device and dtype (and save_pretrained a file) even without learned weights.
         self.register_buffer("response_candidates", torch.tensor(self.gammas))
         self.kernel_vae = PSFAutoencoder(psf_size, latent_dim, vae_width) if latent_dim > 0 else None
@@ -317,13 +317,7 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         _, gamma = self._best_response(lambda g: (grey(sharp, g), grey(blurry, g)), valid,
                                        lambda xl, yl: fit(xl, yl, per_cell=False))
         g = gamma.view(-1, 1, 1, 1)
-        xl, yl = grey(sharp, g), grey(blurry, g)
-        psf = fit(xl, yl)
-        if self.fast_refine_iterations:
-            psf = estimate_psf_field(xl, yl, cell=self.cell, psf_size=self.psf_size, valid=valid,
-                                     iterations=self.fast_refine_iterations, tikhonov=self.tikhonov, init=psf,
-                                     power_iterations=4)
-        return self.pack(psf, gamma)
+        return self.pack(fit(grey(sharp, g), grey(blurry, g), steps=self.fast_steps), gamma)
 
     def _solved_kernel(self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None) -> torch.Tensor:
         # Coarse to fine: on the pair at half size, one estimate per response exponent (cheap: a quarter of the
