@@ -123,7 +123,7 @@ class KernelSpaceModel(
         self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None, method: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Padded tensors -> (kernel mean, sigma or None); ``valid`` is the unpadded (height, width), ``method``
-        one of :attr:`extraction_methods` (``None``: the model's default)."""
+        one of ``extraction_methods`` (``None``: the model's default)."""
         raise NotImplementedError
 
     def _blur_with_kernel(
@@ -186,7 +186,7 @@ class KernelSpaceModel(
             sharp: the sharp image(s) x, any accepted image kind.
             blurry: the blurry image(s) y, same size as ``sharp``.
             return_dist: also return sigma (models with a prior, such as the VAE head).
-            method: how G is computed, one of the model's :attr:`extraction_methods` (``None``: its default). For
+            method: how G is computed, one of the model's ``extraction_methods`` (``None``: its default). For
                 :class:`~kernelspace.models.KernelField`: ``"fast"`` (cell by cell, then a few exact steps) or
                 ``"solve"`` (the coupled least squares, coarse to fine: seconds more, a fraction of a dB better).
 

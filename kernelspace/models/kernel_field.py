@@ -69,7 +69,6 @@ def _power_(positive: torch.Tensor, exponent: torch.Tensor | float) -> torch.Ten
 
 
 class KernelField(KernelSpaceModel, architecture="kernel-field"):
-    extraction_methods = ("fast", "solve")
 
     """A kernel space of local PSFs in linear light: fast FFT blur, least-squares kernel extraction.
 
@@ -102,6 +101,8 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         >>> tuple(model.apply_kernel(x, k).shape)
         (1, 3, 70, 90)
     """
+
+    extraction_methods = ("fast", "solve")
 
     def __init__(
         self,

@@ -77,8 +77,12 @@ def cell_normal_equations(
     cross-correlation with the blurry gradients over ``[-r, r]^2``.
 
     Args:
-        sharp, blurry: (B, C, H, W) linear-light images, sides multiples of ``cell``.
-        cell, psf_size, valid, saturation: as in :func:`estimate_psf_field`.
+        sharp: (B, C, H, W) linear-light sharp image, sides multiples of ``cell``.
+        blurry: the blurry image, same shape.
+        cell: pixels per PSF cell.
+        psf_size: S, the (odd) side of each PSF.
+        valid: (height, width) of the real image inside padded inputs; only that part is fitted.
+        saturation: blurry pixels at or above this (in any channel) are left out.
 
     Returns:
         ``(auto, cross)``: (B, H/cell, W/cell, 4r + 1, 4r + 1) and (B, H/cell, W/cell, S, S), ``r = S // 2``.
