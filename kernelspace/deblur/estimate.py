@@ -32,7 +32,7 @@ from kornia.contrib import connected_components
 from kornia.filters import gaussian_blur2d
 
 from ..physics.blur import fft_size
-from ..physics.kernel_estimation import estimate_psf_field, solve_normal_equations
+from ..physics.kernel_estimation import _lags, estimate_psf_field, solve_normal_equations
 from ..physics.psf import fit_canvas
 from .nonblind import _grad
 
@@ -167,8 +167,7 @@ def _kernel_normal_equations(
         g_hat = torch.fft.rfft2(g)
         auto += torch.fft.irfft2(weights * torch.fft.rfft2(masked).conj() * g_hat, s=shape)
         cross += torch.fft.irfft2(weights * torch.fft.rfft2(target).conj() * g_hat, s=shape)
-    auto = auto.roll((2 * r, 2 * r), (0, 1))[: 4 * r + 1, : 4 * r + 1]
-    return 0.5 * (auto + auto.flip(0, 1)), cross.roll((r, r), (0, 1))[:size, :size]
+    return _lags(auto, cross, r)
 
 
 class TooFewEdges(ValueError):

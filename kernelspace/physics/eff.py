@@ -114,7 +114,6 @@ class _PatchGeometry:
         t1, l1 = min(top + block.shape[-2], self.height), min(left + block.shape[-1], self.width)
         out[..., t0:t1, l0:l1] += block[..., t0 - top : t1 - top, l0 - left : l1 - left]
 
-
     def correlate(self, framed: torch.Tensor, spectra: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         """The adjoint of :meth:`blur_into` in the PSFs: each patch of a residual, correlated with the block's patch
         spectra and summed over channels; (B, rows, cols, S, S). ``framed`` is the (B, C, H, W) residual with

@@ -18,10 +18,9 @@ Two solvers:
 
 from __future__ import annotations
 
-import torch
-
 import math
 
+import torch
 import torch.nn.functional as F
 
 from .blur import fft_size
@@ -119,16 +118,27 @@ def cell_normal_equations(
     for top in range(0, gh, rows):
         band = slice(top, min(top + rows, gh))
         span = slice(band.start * cell, (band.stop - 1) * cell + patch)
-        def patches(a: torch.Tensor) -> torch.Tensor:  # (B, ch, rows, gw, patch, patch)
-            return a[..., span, :].unfold(2, patch, cell).unfold(3, patch, cell)
-        w = patches(weight) * (wy[band, None, :, None] * wx[None, :, None, :])
-        g_hat = torch.fft.rfft2(patches(g), s=(n, n))
-        a = torch.fft.irfft2((torch.fft.rfft2(w * patches(g), s=(n, n)).conj() * g_hat).sum(1), s=(n, n))
-        c = torch.fft.irfft2((torch.fft.rfft2(w * patches(target), s=(n, n)).conj() * g_hat).sum(1), s=(n, n))
-        a = a.roll((2 * r, 2 * r), (-2, -1))[..., : 4 * r + 1, : 4 * r + 1]
-        auto[:, band] = 0.5 * (a + a.flip(-2, -1))
-        cross[:, band] = c.roll((r, r), (-2, -1))[..., :psf_size, :psf_size]
+        # (B, ch, rows, gw, patch, patch) views of the band's patches
+        w, pg, pt = (a[..., span, :].unfold(2, patch, cell).unfold(3, patch, cell) for a in (weight, g, target))
+        w = w * (wy[band, None, :, None] * wx[None, :, None, :])
+        g_hat = torch.fft.rfft2(pg, s=(n, n))
+        a = torch.fft.irfft2((torch.fft.rfft2(w * pg, s=(n, n)).conj() * g_hat).sum(1), s=(n, n))
+        c = torch.fft.irfft2((torch.fft.rfft2(w * pt, s=(n, n)).conj() * g_hat).sum(1), s=(n, n))
+        auto[:, band], cross[:, band] = _lags(a, c, r)
     return auto, cross
+
+
+def _curvature(auto: torch.Tensor) -> torch.Tensor:
+    """The largest eigenvalue of each normal matrix with Toeplitz rows ``auto`` (N..., 4r + 1, 4r + 1), shaped
+    (N..., 1, 1): the peak of its spectrum."""
+    return torch.fft.rfft2(auto, s=[2 * k for k in auto.shape[-2:]]).abs().amax((-2, -1), keepdim=True)
+
+
+def _lags(auto: torch.Tensor, cross: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full circular correlations (..., n, n) -> the autocorrelation over offsets [-2r, 2r]^2, made exactly
+    symmetric, and the cross-correlation over [-r, r]^2."""
+    auto = auto.roll((2 * r, 2 * r), (-2, -1))[..., : 4 * r + 1, : 4 * r + 1]
+    return 0.5 * (auto + auto.flip(-2, -1)), cross.roll((r, r), (-2, -1))[..., : 2 * r + 1, : 2 * r + 1]
 
 
 def _toeplitz(auto: torch.Tensor):
@@ -166,7 +176,7 @@ def solve_normal_equations(
     (minutes for a 141-px kernel), the FFT of the (2S - 1)-px autocorrelation a few milliseconds.
     """
     apply = _toeplitz(auto)
-    lipschitz = torch.fft.rfft2(auto, s=[2 * k for k in auto.shape[-2:]]).abs().amax((-2, -1), keepdim=True)
+    lipschitz = _curvature(auto)
     shrink = torch.as_tensor(tikhonov, dtype=auto.dtype, device=auto.device) + anchor_weight
     pull = cross if anchor is None else cross + anchor_weight * anchor
     step = 1.0 / (lipschitz + shrink)
@@ -222,13 +232,13 @@ def fast_psf_field(
         True
     """
     auto, cross = cell_normal_equations(sharp, blurry, cell=cell, psf_size=psf_size, valid=valid, saturation=saturation)
-    b, gh, gw = cross.shape[:3]
+    gh, gw = cross.shape[1:3]
     r = psf_size // 2
     delta = torch.zeros_like(cross[:, :1, :1])
     delta[..., r, r] = 1.0
     # The curvature of each problem (its largest eigenvalue): the scale the weights are relative to.
     pooled_auto, pooled_cross = auto.sum((1, 2), keepdim=True), cross.sum((1, 2), keepdim=True)
-    scale = torch.fft.rfft2(pooled_auto, s=[2 * k for k in auto.shape[-2:]]).abs().amax((-2, -1), keepdim=True)
+    scale = _curvature(pooled_auto)
     pooled = solve_normal_equations(pooled_auto, pooled_cross, delta, tikhonov=tikhonov * scale, iterations=iterations)
     if not per_cell:
         return pooled.expand_as(cross)
@@ -261,7 +271,6 @@ def estimate_psf_field(
     tikhonov: float = 1e-4,
     saturation: float = 0.99,
     init: torch.Tensor | None = None,
-    power_iterations: int = 12,
 ) -> torch.Tensor:
     """The PSF field (B, H/cell, W/cell, S, S) that best turns ``sharp`` into ``blurry`` (both linear light).
 
@@ -275,12 +284,10 @@ def estimate_psf_field(
         tikhonov: weight of ||psf||^2 relative to the largest eigenvalue of the data term.
         saturation: blurry pixels at or above this (in any channel) are left out, as clipping broke linearity.
         init: a starting field (for instance a coarser estimate); a centred delta by default.
-        power_iterations: steps of the power iteration that sizes FISTA's step; under 12, the step is shortened
-            for safety (a few iterations refining a good start need no exact step).
     """
-    if not isinstance(iterations, int) or iterations < 0 or not isinstance(power_iterations, int) or power_iterations < 1:
-        raise ValueError(f"iterations must be >= 0 and power_iterations >= 1, got {iterations!r} and {power_iterations!r}")
-    return _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturation, init, power_iterations)
+    if not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    return _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturation, init)
 
 
 def _gradients_adjoint(g: torch.Tensor) -> torch.Tensor:
@@ -305,24 +312,21 @@ def _coupled_problem(sharp, blurry, cell, psf_size, valid, saturation):
 
 
 @torch.no_grad()
-def _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturation, init, power_iterations) -> torch.Tensor:
+def _fista(sharp, blurry, cell, psf_size, valid, iterations, tikhonov, saturation, init) -> torch.Tensor:
     b, _, height, width = sharp.shape
     gh, gw = height // cell, width // cell
     r = psf_size // 2
     normal, rhs = _coupled_problem(sharp, blurry, cell, psf_size, valid, saturation)
-    # Largest eigenvalue of A^T A by power iteration. A short one underestimates it (by up to 20% after four steps
-    # on Levin and GoPro frames), which FISTA does not forgive: then the step is shortened by half as much again.
-    # The same start for every image: an image's estimate does not depend on the batch it came in.
+    # Largest eigenvalue of A^T A by power iteration, from the same start for every image: an image's estimate does
+    # not depend on the batch it came in.
     gen = torch.Generator(device=sharp.device).manual_seed(0)
     v = torch.rand(1, gh, gw, psf_size, psf_size, device=sharp.device, dtype=sharp.dtype, generator=gen).repeat(b, 1, 1, 1, 1)
     lipschitz = torch.ones(b, device=sharp.device, dtype=sharp.dtype)
-    for _ in range(power_iterations):
+    for _ in range(12):
         v = v / v.flatten(1).norm(dim=1).clamp_min(1e-12).view(b, 1, 1, 1, 1)
         av = normal(v)
         lipschitz = (av * v).flatten(1).sum(1).clamp_min(1e-12)
         v = av
-    if power_iterations < 12:
-        lipschitz = 1.5 * lipschitz
     lam = tikhonov * lipschitz.view(b, 1, 1, 1, 1)
     step = 1.0 / (lipschitz.view(b, 1, 1, 1, 1) * (1 + tikhonov))
 
