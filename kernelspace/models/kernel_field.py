@@ -13,7 +13,7 @@ of the camera response (the same in every cell).
 - G(x, y) (:meth:`extract_kernel`): the non-negative least-squares PSF field on image gradients. The default
   ``extractor="fast"``: on the pair's channel mean in linear light (the blur is the same in every channel), each
   cell fitted on its own window (:func:`kernelspace.physics.kernel_estimation.fast_psf_field`) once per
-  candidate response exponent; the exponent that explains ``y`` best is kept, and five corrections on the coupled
+  candidate response exponent; the exponent that explains ``y`` best is kept, and three corrections on the coupled
   problem (exact gradient, the cells' own normal matrices as its curvature) fix what fitting cells apart left. ``extractor="solve"`` (or ``extract_kernel(..., method="solve")``): the coupled solver alone, coarse to
   fine on every channel: on the half-size pair, one estimate per exponent, the best one's upsampled field
   starting the full-size estimate; 10x slower at 256x256 and 100x on 1280x720 frames, no closer on Levin or GoPro.
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ..metrics import charbonnier
 from ..physics.blur import psf_blur
 from ..physics.eff import space_varying_blur
-from ..physics.kernel_estimation import estimate_psf_field, fast_psf_field
+from ..physics.kernel_estimation import cell_normal_equations, estimate_psf_field, fast_psf_field, pooled_psf
 from ..physics.psf import fit_canvas, rasterize_psf, shake_trajectory
 from .base import KernelSpaceModel, Sensor, check_int, check_number
 from .psf_vae import PSFAutoencoder
@@ -120,7 +120,7 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         latent_variation: float = 0.3,
         extractor: str = "fast",
         fast_iterations: int = 50,
-        fast_steps: int = 5,
+        fast_steps: int = 3,
     ) -> None:
         super().__init__()
         # Checked before anything is allocated: a config.json from elsewhere can ask for any size.
@@ -311,14 +311,21 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
 
     def _fast_kernel(self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None) -> torch.Tensor:
         valid = valid or tuple(sharp.shape[-2:])
-        grey = lambda x, g: _linear(x, g).mean(1, keepdim=True)  # noqa: E731  (linear light: blur commutes with it)
-        fit = functools.partial(fast_psf_field, cell=self.cell, psf_size=self.psf_size, valid=valid,
-                                iterations=self.fast_iterations, tikhonov=self.tikhonov)
-        # The response exponent is chosen on each candidate's uniform fit; only the chosen one is fitted per cell.
-        _, gamma = self._best_response(lambda g: (grey(sharp, g), grey(blurry, g)), valid,
-                                       lambda xl, yl: fit(xl, yl, per_cell=False))
+        b, n = sharp.shape[0], len(self.gammas)
+        # Every candidate response at once, as a batch (gamma-major): on the channel mean in linear light (blur
+        # commutes with it), each candidate's pooled (uniform) fit picks the exponent; only the chosen one is
+        # then fitted per cell, from the equations and pooled kernel already computed.
+        gamma = torch.tensor(self.gammas, dtype=sharp.dtype, device=sharp.device).repeat_interleave(b)
         g = gamma.view(-1, 1, 1, 1)
-        return self.pack(fit(grey(sharp, g), grey(blurry, g), steps=self.fast_steps), gamma)
+        xl, yl = (_linear(t.repeat(n, 1, 1, 1), g).mean(1, keepdim=True) for t in (sharp, blurry))
+        auto, cross = cell_normal_equations(xl, yl, cell=self.cell, psf_size=self.psf_size, valid=valid)
+        pooled = pooled_psf(auto, cross, iterations=self.fast_iterations, tikhonov=self.tikhonov)
+        err = _fit_error(xl, yl, pooled.expand_as(cross), self.cell, g, valid).view(n, b)
+        pick = err.argmin(0) * b + torch.arange(b, device=err.device)
+        psf = fast_psf_field(xl[pick], yl[pick], cell=self.cell, psf_size=self.psf_size, valid=valid,
+                             iterations=self.fast_iterations, tikhonov=self.tikhonov, steps=self.fast_steps,
+                             equations=(auto[pick], cross[pick]), pooled=pooled[pick])
+        return self.pack(psf, gamma[pick])
 
     def _solved_kernel(self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None) -> torch.Tensor:
         # Coarse to fine: on the pair at half size, one estimate per response exponent (cheap: a quarter of the

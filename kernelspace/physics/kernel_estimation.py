@@ -27,20 +27,50 @@ from .blur import fft_size
 from .eff import TILE_BYTES, _frame_windows, blur_adjoint, blur_from_spectra, patch_spectra
 
 __all__ = [
-    "cell_normal_equations", "estimate_psf_field", "fast_psf_field", "project_simplex", "solve_normal_equations",
+    "cell_normal_equations", "estimate_psf_field", "fast_psf_field", "pooled_psf", "project_simplex",
+    "solve_normal_equations",
 ]
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each trailing (S, S) block of ``v`` onto {p >= 0, sum p = 1}."""
+    """Euclidean projection of each trailing (S, S) block of ``v`` onto {p >= 0, sum p = 1}.
+
+    The projection is ``max(v - theta, 0)`` with the threshold ``theta`` where its sum is 1: a piecewise linear,
+    decreasing, convex function of ``theta``, whose root Newton's method reaches exactly once the set of entries
+    above the threshold stops changing: 5-7 steps of a few vector operations for a kernel with a few hundred
+    non-zero entries, 2-3x faster than sorting every block (the textbook way).
+
+    Example:
+        >>> v = torch.tensor([[[0.5, 0.8], [-0.2, 0.1]]])
+        >>> project_simplex(v)
+        tensor([[[0.3500, 0.6500],
+                 [0.0000, 0.0000]]])
+    """
+    return _project_simplex(v)[0]
+
+
+def _project_simplex(v: torch.Tensor, theta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`project_simplex` and its thresholds (N, 1), from a guess ``theta`` of them (an iterative solver's
+    previous ones: its iterates move little, so 2-3 steps then suffice)."""
     shape = v.shape
     flat = v.reshape(-1, shape[-2] * shape[-1])
-    u, _ = torch.sort(flat, dim=1, descending=True)
-    css = u.cumsum(1) - 1
-    idx = torch.arange(1, flat.shape[1] + 1, device=v.device, dtype=v.dtype)
-    rho = ((u - css / idx) > 0).to(v.dtype).cumsum(1).argmax(1, keepdim=True)
-    theta = css.gather(1, rho) / (rho + 1).to(v.dtype)
-    return (flat - theta).clamp_min(0).reshape(shape)
+    # Both are below the root: the largest entry alone sums to 1 above max - 1, all of them at the mean.
+    top = flat.amax(1, keepdim=True)
+    below = torch.maximum(top - 1, (flat.sum(1, keepdim=True) - 1) / flat.shape[1])
+    # From below the root, Newton's steps rise to it; from above (a guess under the largest entry), the first
+    # step lands below it: the function is convex, its tangents lie under it.
+    theta = below if theta is None else torch.where(theta < top, theta, below)
+    count = None
+    for _ in range(flat.shape[1] + 1):  # each step after the first drops at least one entry
+        above = (flat - theta).clamp_min(0)
+        new_count = (above > 0).sum(1, keepdim=True)
+        if count is not None and torch.equal(new_count, count):
+            break
+        theta = theta + (above.sum(1, keepdim=True) - 1) / new_count
+        count = new_count
+    else:
+        above = (flat - theta).clamp_min(0)
+    return above.reshape(shape), theta
 
 
 def _gradients(x: torch.Tensor) -> torch.Tensor:
@@ -175,24 +205,36 @@ def solve_normal_equations(
     skirt. ``A k`` is the valid part of ``auto (*) k``, by FFT: direct convolution costs S^4 per iteration
     (minutes for a 141-px kernel), the FFT of the (2S - 1)-px autocorrelation a few milliseconds.
     """
-    apply = _toeplitz(auto)
-    lipschitz = _curvature(auto)
     shrink = torch.as_tensor(tikhonov, dtype=auto.dtype, device=auto.device) + anchor_weight
-    pull = cross if anchor is None else cross + anchor_weight * anchor
-    step = 1.0 / (lipschitz + shrink)
-    project = project_simplex if simplex else (lambda v: v.clamp_min(0))
-
-    def gradient(k: torch.Tensor) -> torch.Tensor:
-        return apply(k) + shrink * k - pull
-
+    step = 1.0 / (_curvature(auto) + shrink)
+    pull = step * (cross if anchor is None else cross + anchor_weight * anchor)
+    # The shrinkage is the Toeplitz rows' centre, and the step scales them: one FFT product per iteration
+    # gives step * (A + shrink) z.
+    centre = torch.zeros_like(auto[(0,) * (auto.ndim - 2)])
+    centre[auto.shape[-2] // 2, auto.shape[-1] // 2] = 1.0
+    apply = _toeplitz(step * (auto + shrink * centre))
     k = z = init.clone()
+    theta = None
     t = 1.0
     for _ in range(iterations):
-        k_next = project(z - step * gradient(z))
+        v = z - apply(z) + pull
+        k_next, theta = _project_simplex(v, theta) if simplex else (v.clamp_min(0), None)
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        z = k_next + (t - 1) / t_next * (k_next - k)
+        z = torch.lerp(k, k_next, 1 + (t - 1) / t_next)  # k_next + (t - 1) / t_next * (k_next - k)
         k, t = k_next, t_next
     return k
+
+
+def pooled_psf(
+    auto: torch.Tensor, cross: torch.Tensor, *, iterations: int = 50, tikhonov: float = 1e-4
+) -> torch.Tensor:
+    """The image's pooled kernel (B, 1, 1, S, S) from its cells' equations (:func:`cell_normal_equations`) summed:
+    the best uniform blur, on the simplex; ``tikhonov`` is relative to the problem's curvature."""
+    auto, cross = auto.sum((1, 2), keepdim=True), cross.sum((1, 2), keepdim=True)
+    r = cross.shape[-1] // 2
+    delta = torch.zeros_like(cross)
+    delta[..., r, r] = 1.0
+    return solve_normal_equations(auto, cross, delta, tikhonov=tikhonov * _curvature(auto), iterations=iterations)
 
 
 def fast_psf_field(
@@ -206,21 +248,24 @@ def fast_psf_field(
     tikhonov: float = 1e-4,
     coupling: float = 0.05,
     saturation: float = 0.99,
-    per_cell: bool = True,
-    steps: int = 5,
+    steps: int = 3,
     step_iterations: int = 20,
+    equations: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The PSF field (B, H/cell, W/cell, S, S) fitted cell by cell (:func:`cell_normal_equations`), then corrected.
 
-    First the image's pooled kernel (all cells' equations summed: the best uniform blur), then (``per_cell``)
-    each cell's own, pulled towards the pooled one by ``coupling`` x the image's mean curvature: a cell with
-    few edges of its own (sky, a wall) takes the image's blur instead of a guess. Fitting the overlapping windows
-    apart is biased where the blur varies, and the Toeplitz normal matrices neglect the mask's edges, so
-    ``steps`` corrections follow on the coupled problem that :func:`estimate_psf_field` solves: each takes its
-    exact gradient (one blur and its adjoint) and steps by the cells' own normal matrices (the blocks on the
-    diagonal of its Hessian, 1.2x for safety), on the simplex, in ``step_iterations``. Five such steps did better
-    on Levin and GoPro pairs than thirty of :func:`estimate_psf_field`'s (whose step is sized for the whole
-    Hessian).
+    First the image's pooled kernel (:func:`pooled_psf`), then each cell's own, pulled towards the pooled one by
+    ``coupling`` x the image's mean curvature: a cell with few edges of its own (sky, a wall) takes the image's
+    blur instead of a guess. Fitting the overlapping windows apart is biased where the blur varies, and the
+    Toeplitz normal matrices neglect the mask's edges, so ``steps`` corrections follow on the coupled problem
+    that :func:`estimate_psf_field` solves: each takes its exact gradient (one blur and its adjoint) and steps by
+    the cells' own normal matrices (the blocks on the diagonal of its Hessian, 1.2x for safety), on the simplex,
+    in ``step_iterations``. Three such steps did better on Levin and GoPro pairs than thirty of
+    :func:`estimate_psf_field`'s (whose step is sized for the whole Hessian); five add under 0.15 dB there.
+
+    ``equations`` and ``pooled``, when given, are this pair's :func:`cell_normal_equations` and
+    :func:`pooled_psf` already computed (a caller comparing several camera responses has them).
 
     Example:
         >>> import torch
@@ -231,18 +276,15 @@ def fast_psf_field(
         >>> bool((est - psf).abs().max() < 0.02)
         True
     """
-    auto, cross = cell_normal_equations(sharp, blurry, cell=cell, psf_size=psf_size, valid=valid, saturation=saturation)
+    if equations is None:
+        equations = cell_normal_equations(sharp, blurry, cell=cell, psf_size=psf_size, valid=valid,
+                                          saturation=saturation)
+    auto, cross = equations
+    if pooled is None:
+        pooled = pooled_psf(auto, cross, iterations=iterations, tikhonov=tikhonov)
     gh, gw = cross.shape[1:3]
-    r = psf_size // 2
-    delta = torch.zeros_like(cross[:, :1, :1])
-    delta[..., r, r] = 1.0
-    # The curvature of each problem (its largest eigenvalue): the scale the weights are relative to.
-    pooled_auto, pooled_cross = auto.sum((1, 2), keepdim=True), cross.sum((1, 2), keepdim=True)
-    scale = _curvature(pooled_auto)
-    pooled = solve_normal_equations(pooled_auto, pooled_cross, delta, tikhonov=tikhonov * scale, iterations=iterations)
-    if not per_cell:
-        return pooled.expand_as(cross)
-    share = scale / (gh * gw)
+    # The weights are relative to the curvature of each cell's problem (its largest eigenvalue).
+    share = _curvature(auto.sum((1, 2), keepdim=True)) / (gh * gw)
     psf = pooled.expand_as(cross)
     if gh * gw > 1:
         psf = solve_normal_equations(auto, cross, psf, tikhonov=tikhonov * share, iterations=iterations,
