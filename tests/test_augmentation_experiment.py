@@ -39,17 +39,23 @@ def budget(run):
     return replace(run.Budget(), steps=2, batch=4, crop=48, width=4, pool_size=8)
 
 
-def test_arms_differ_only_in_the_blur_and_are_reproducible(run, budget) -> None:
-    a, b = run.BlurredPhotos(budget, "a"), run.BlurredPhotos(budget, "b")
-    sharp_a, blurry_a = a.batch(3)
-    sharp_b, blurry_b = b.batch(3)
+def test_arms_differ_only_in_the_degradation_and_are_reproducible(run, budget) -> None:
+    a, b, c, d = (run.BlurredPhotos(budget, arm) for arm in "abcd")
+    (sharp_a, blurry_a), (sharp_b, blurry_b), (sharp_c, blurry_c), (sharp_d, blurry_d) = (
+        arm.batch(3) for arm in (a, b, c, d))
     assert sharp_a.shape == blurry_a.shape == (4, 3, 48, 48)
-    assert torch.equal(sharp_a, sharp_b)
-    same = (blurry_a == blurry_b).flatten(1).all(1)
-    assert 0 < int(same.sum()) < 4  # seed 0, step 3: some keep kornia's blur, the others take the kernel space's
-    assert torch.equal(blurry_b, b.batch(3)[1])  # a step's batch is fixed: a resumed run sees the same data
-    assert torch.equal(blurry_b * 255, (blurry_b * 255).round())  # 8-bit quantised
-    assert not torch.equal(blurry_a, sharp_a)
+    assert torch.equal(sharp_a, sharp_b) and torch.equal(sharp_a, sharp_c) and torch.equal(sharp_a, sharp_d)
+    # (b), (c) and (d) blur with the same kernels; (c) then degrades them otherwise (sensor noise, JPEG), and (d)
+    # blurs the stored values instead of linear light.
+    assert torch.equal(b.kernel_space._params["kernel_seed"], c.kernel_space._params["kernel_seed"])
+    assert torch.equal(b.kernel_space._params["kernel_seed"], d.kernel_space._params["kernel_seed"])
+    assert c.kernel_space._params["noise_prob"].all()
+    assert max(b.kernel_space.model.gammas) == 2.2 and d.kernel_space.model.gammas == [1.0]  # the prior: the max
+    for x, y in ((blurry_a, blurry_b), (blurry_b, blurry_c), (blurry_b, blurry_d), (blurry_a, sharp_a)):
+        assert not (x == y).flatten(1).all(1).any()
+    for data, blurry in ((a, blurry_a), (b, blurry_b), (c, blurry_c), (d, blurry_d)):
+        assert torch.equal(blurry, data.batch(3)[1])  # a step's batch is fixed: a resumed run sees the same data
+        assert torch.equal(blurry * 255, (blurry * 255).round())  # 8-bit quantised
 
 
 def test_network_learns_a_fixed_batch(run, budget) -> None:
@@ -79,6 +85,12 @@ def test_each_arm_trains_checkpoints_and_resumes(run, budget, tmp_path: Path) ->
         again, resumed = run.train(budget, arm, tmp_path, save_every=1)  # finished: loaded, not retrained
         assert resumed["train_seconds"] == record["train_seconds"]
         assert all(torch.equal(p, q) for p, q in zip(net.state_dict().values(), again.state_dict().values()))
+    # Stopped after one step and resumed: the same network as trained in one go.
+    last = list(run.ARMS)[-1]  # the arm `net` came from
+    run.train(budget, last, tmp_path / "stopped", save_every=1, until=1)
+    resumed, record = run.train(budget, last, tmp_path / "stopped", save_every=1)
+    assert record["step"] == 2
+    assert all(torch.equal(p, q) for p, q in zip(net.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(ValueError, match="another budget"):
         run.train(replace(budget, steps=3), "a", tmp_path, save_every=1)
     estimate = run.restore(net, torch.rand(1, 1, 40, 40))  # grey in, grey out
