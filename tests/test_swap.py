@@ -146,6 +146,21 @@ def test_both_sources_links_and_prior_seeds(dataset: Path, tmp_path: Path) -> No
     assert np.array_equal(np.asarray(model.apply_kernel(sharp, k)), written)
 
 
+def test_extraction_batches_give_the_kernels_of_one_pair_at_a_time(dataset: Path, tmp_path: Path) -> None:
+    # Three source pairs in batches of two: one full batch, then the remainder.
+    model = KernelField(cell=64, psf_size=17, iterations=30)
+    images = []
+    for batch in (1, 2):
+        out = tmp_path / f"batch{batch}"
+        swap_dataset(dataset, out, model=model, pairs=3, batch=batch, progress=False)
+        entries = [json.loads(line) for line in (out / "swap_manifest.jsonl").read_text().splitlines()]
+        assert len({e["kernel"]["key"] for e in entries}) == 3
+        images.append({e["output"]: np.asarray(Image.open(out / e["output"]), dtype=np.int16) for e in entries})
+    assert images[0].keys() == images[1].keys()
+    for name, image in images[0].items():
+        assert np.abs(image - images[1][name]).max() <= 1  # float rounding of the batch, at most one 8-bit level
+
+
 def test_refuses_to_write_inside_the_input_or_to_mix_settings(dataset: Path, tmp_path: Path, capsys) -> None:
     model = KernelField(cell=64, psf_size=17)
     with pytest.raises(ValueError, match="outside the input folder"):

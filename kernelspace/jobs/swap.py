@@ -154,8 +154,9 @@ class _Kernels:
 
     def extract(self, keys: set[str], batch: int, bar: Any) -> None:
         """Extract the kernels of the source pairs ``keys`` not extracted yet, ``batch`` same-sized crops per call
-        of the model (a pair's kernel does not depend on the others in its batch beyond float rounding)."""
-        crops: dict[tuple[int, ...], list[tuple[str, torch.Tensor, torch.Tensor, list[int]]]] = {}
+        of the model (a pair's kernel does not depend on the others in its batch beyond float rounding). Crops
+        are read as their batch fills: at most ``batch`` of each size are held at once."""
+        pending: dict[tuple[int, ...], list[tuple[str, torch.Tensor, torch.Tensor, list[int]]]] = {}
         for src in self.sources:
             if src.key in keys and src.key not in self._extracted:
                 try:
@@ -166,15 +167,22 @@ class _Kernels:
                     bar.update(1)
                     continue
                 x, y = to_tensor(sharp)[0], to_tensor(blurry)[0]
-                crops.setdefault((*x.shape, *y.shape), []).append((src.key, x, y, box))
-        for group in crops.values():
-            for start in range(0, len(group), batch):
-                part = group[start : start + batch]
-                kernels = self.model.extract_kernel(torch.cat([x for _, x, _, _ in part]),
-                                                    torch.cat([y for _, _, y, _ in part]))
-                for (key, _, _, box), kernel in zip(part, kernels):
-                    self._extracted[key] = kernel[None], box
-                bar.update(len(part))
+                group = pending.setdefault((*x.shape, *y.shape), [])
+                group.append((src.key, x, y, box))
+                if len(group) == batch:
+                    self._extract_group(group, bar)
+        for group in pending.values():
+            self._extract_group(group, bar)
+
+    def _extract_group(self, group: list[tuple[str, torch.Tensor, torch.Tensor, list[int]]], bar: Any) -> None:
+        """One call of the model for these same-sized crops; empties ``group``."""
+        if group:
+            kernels = self.model.extract_kernel(torch.cat([x for _, x, _, _ in group]),
+                                                torch.cat([y for _, _, y, _ in group]))
+            for (key, _, _, box), kernel in zip(group, kernels):
+                self._extracted[key] = kernel[None], box
+            bar.update(len(group))
+            group.clear()
 
     def kernel(self, origin: dict[str, Any], height: int, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if origin["kind"] == "prior":
