@@ -11,12 +11,14 @@ of the camera response (the same in every cell).
   valid blur and F is differentiable in x and k. F gives the expected blurry image; sensor noise enters through
   ``apply_kernel(..., sensor=)``, between the blur and clipping.
 - G(x, y) (:meth:`extract_kernel`): the non-negative least-squares PSF field on image gradients. The default
-  ``extractor="fast"``: on the pair's channel mean in linear light (the blur is the same in every channel), each
-  cell fitted on its own window (:func:`kernelspace.physics.kernel_estimation.fast_psf_field`) once per
-  candidate response exponent; the exponent that explains ``y`` best is kept, and three corrections on the coupled
-  problem (exact gradient, the cells' own normal matrices as its curvature) fix what fitting cells apart left. ``extractor="solve"`` (or ``extract_kernel(..., method="solve")``): the coupled solver alone, coarse to
-  fine on every channel: on the half-size pair, one estimate per exponent, the best one's upsampled field
-  starting the full-size estimate; 10x slower at 256x256 and 100x on 1280x720 frames, no closer on Levin or GoPro.
+  ``extractor="fast"``: on the pair's channel mean in linear light (the blur is the same in every channel), the
+  pooled (uniform) fit of every candidate response exponent picks the exponent that explains ``y`` best; then
+  each cell is fitted on its own window (:func:`kernelspace.physics.kernel_estimation.fast_psf_field`) and three
+  corrections on the coupled problem (exact gradient, the cells' own normal matrices as its curvature) fix what
+  fitting cells apart left. ``extractor="solve"`` (or ``extract_kernel(..., method="solve")``): the coupled
+  solver alone, coarse to fine on every channel: on the half-size pair, one estimate per exponent, the best one's
+  upsampled field starting the full-size estimate; 10x slower at 256x256 and 100x on 1280x720 frames, no closer
+  on Levin or GoPro.
 - The prior (:meth:`sample_kernel`): ``prior="trajectory"`` draws random camera shake (Boracchi & Foi style
   trajectories) with an in-plane rotation, which makes the blur vary across the image; ``prior="latent"`` draws
   from the learned kernel space: a VAE over local PSFs (:class:`~kernelspace.models.psf_vae.PSFAutoencoder`,
@@ -69,7 +71,6 @@ def _power_(positive: torch.Tensor, exponent: torch.Tensor | float) -> torch.Ten
 
 
 class KernelField(KernelSpaceModel, architecture="kernel-field"):
-
     """A kernel space of local PSFs in linear light: fast FFT blur, least-squares kernel extraction.
 
     Args:
@@ -292,23 +293,6 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
             return self._fast_kernel(sharp, blurry, valid), None
         return self._solved_kernel(sharp, blurry, valid), None
 
-    def _best_response(self, candidates, valid, estimate) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image, the ``estimate(gamma)`` field (and the exponent) whose re-blur fits best, in encoded values;
-        ``candidates(gamma)`` gives the linear-light pair it is fitted on."""
-        best_psf, best_err, best_gamma = None, None, None
-        for gamma in self.gammas:
-            xl, yl = candidates(gamma)
-            psf = estimate(xl, yl)
-            err = _fit_error(xl, yl, psf, xl.shape[-1] // psf.shape[-3], gamma, valid)
-            if best_err is None:
-                best_psf, best_err, best_gamma = psf, err, torch.full_like(err, gamma)
-            else:
-                better = err < best_err
-                best_psf = torch.where(better.view(-1, 1, 1, 1, 1), psf, best_psf)
-                best_gamma = torch.where(better, torch.full_like(err, gamma), best_gamma)
-                best_err = torch.minimum(err, best_err)
-        return best_psf, best_gamma
-
     def _fast_kernel(self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None) -> torch.Tensor:
         valid = valid or tuple(sharp.shape[-2:])
         b, n = sharp.shape[0], len(self.gammas)
@@ -335,11 +319,15 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         vh, vw = valid or sharp.shape[-2:]
         small_valid = (vh // 2, vw // 2)
         small_size = (self.psf_size // 2) | 1
-        best_psf, best_gamma = self._best_response(
-            lambda g: (_linear(small_x, g), _linear(small_y, g)), small_valid,
-            lambda xl, yl: estimate_psf_field(xl, yl, cell=self.cell // 2, psf_size=small_size, valid=small_valid,
-                                              iterations=self.iterations, tikhonov=self.tikhonov),
-        )
+        fields, errors = [], []
+        for gamma in self.gammas:
+            xl, yl = _linear(small_x, gamma), _linear(small_y, gamma)
+            fields.append(estimate_psf_field(xl, yl, cell=self.cell // 2, psf_size=small_size, valid=small_valid,
+                                             iterations=self.iterations, tikhonov=self.tikhonov))
+            errors.append(_fit_error(xl, yl, fields[-1], self.cell // 2, gamma, small_valid))
+        pick = torch.stack(errors).argmin(0)  # per image; the first candidate on a tie
+        best_psf = torch.stack(fields)[pick, torch.arange(len(pick), device=pick.device)]
+        best_gamma = torch.tensor(self.gammas, dtype=sharp.dtype, device=sharp.device)[pick]
         b, h, w, s, _ = best_psf.shape
         # Twice the side, odd: a psf_size of 3 mod 4 has a half size of (S - 1) / 2, whose double S - 1 is even.
         side = 2 * s if 2 * s > self.psf_size else 2 * s + 1
