@@ -1,6 +1,7 @@
 """Blur transfer on real pairs the model never trained on, and the kernel space's speed (issue 3's targets).
 
     python benchmarks/bench_transfer.py [--model SOURCE] [--parts speed,levin,gopro] [--gopro N]
+        [--method fast|solve|learned] [--learned-steps N]
 
 - Levin 2009, same pair: PSNR(F(x, G(x, y)), y) after the standard shift alignment on a 15-px crop (32 pairs).
   Target >= 41.7 dB (re-blurring with the recorded kernel: 44.7 dB; blurry vs sharp: 23.3 dB).
@@ -9,12 +10,15 @@
 - GoPro (6 real pairs, 1280x720, non-uniform blur), same pair, full frames. Target >= 35 dB, identity beside it.
 - Speed at 256x256 RGB, batch 16: apply_kernel target >= 200 images/s. Extraction time per pair at 256x256
   (batch 1 and 16) and 1280x720, beside the published architecture's G measured in the same run (target: no
-  slower); the coupled solver (``method="solve"``) at 256x256 beside it.
+  slower); the coupled solver (``method="solve"``) at 256x256 beside it, and a model's learned extractor
+  (``method="learned"``) alone and with its corrections, when it has one.
 - ``latent`` (models with a learned kernel space): how well the latent space expresses Levin's recorded kernels:
   each kernel encoded and decoded, and a latent fitted to each real pair by gradient descent on the Charbonnier
   re-blur loss (started from the encoding); scored like the same-pair transfer.
 
-``--model`` takes anything ``kernelspace.load_model`` takes; without it, the shipped default model.
+``--model`` takes anything ``kernelspace.load_model`` takes; without it, the shipped default model. ``--method``
+picks the extraction method Levin and GoPro are scored with (default: the model's), ``--learned-steps`` the
+corrections after a learned extractor's estimate (default: the model's).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _score(estimate: np.ndarray, reference: np.ndarray) -> float:
     return _score_t(t(estimate), t(reference))
 
 
-def levin(model) -> list[dict]:
+def levin(model, method: str | None = None) -> list[dict]:
     root = DATA / "levin2009"
     rows, same, cross, identity = [], [], [], []
     for kernel in range(1, 9):
@@ -55,7 +59,7 @@ def levin(model) -> list[dict]:
         ks = {}
         for i in range(1, 5):
             start = time.perf_counter()
-            ks[i] = model.extract_kernel(sharp[i], blurry[i])
+            ks[i] = model.extract_kernel(sharp[i], blurry[i], method=method)
             seconds = time.perf_counter() - start
             same.append(_score(model.apply_kernel(sharp[i], ks[i]), blurry[i]))
             identity.append(_score(sharp[i], blurry[i]))
@@ -73,14 +77,14 @@ def levin(model) -> list[dict]:
     return rows
 
 
-def gopro(model, limit: int) -> list[dict]:
+def gopro(model, limit: int, method: str | None = None) -> list[dict]:
     root = DATA / "gopro_pairs6"
     same, identity = [], []
     for path in sorted((root / "sharp").glob("*.png"))[:limit]:
         sharp = np.asarray(Image.open(path).convert("RGB"))
         blurry = np.asarray(Image.open(root / "blur" / path.name).convert("RGB"))
         start = time.perf_counter()
-        k = model.extract_kernel(sharp, blurry)
+        k = model.extract_kernel(sharp, blurry, method=method)
         seconds = time.perf_counter() - start
         same.append(_score(model.apply_kernel(sharp, k), blurry))
         identity.append(_score(sharp, blurry))
@@ -147,13 +151,23 @@ def speed(model) -> list[dict]:
     big_x = torch.rand(1, 3, 720, 1280, generator=g)
     big_y = model.apply_kernel(big_x, model.sample_kernel(720, 1280, seed=1)).clamp(0, 1)
     cases = [("256x256 batch 1", x[:1], y[:1], 5), ("256x256 batch 16", x, y, 3), ("1280x720 batch 1", big_x, big_y, 3)]
+    # (label, method, corrections after a learned estimate): the learned extractor alone and as the model has it
+    variants = [("fast", "fast", None)]
+    if getattr(model, "kernel_encoder", None) is not None:
+        variants += [("learned, network only", "learned", 0), (f"learned + {model.learned_steps} corrections",
+                                                                "learned", model.learned_steps)]
+    steps = getattr(model, "learned_steps", None)
     for name, sx, sy, repeat in cases:
         theirs = seconds_per_call(lambda: published.extract_kernel(sx, sy), repeat=repeat) / len(sx)
-        methods = ("fast", "solve") if name == "256x256 batch 1" else ("fast",)
-        for method in methods:
+        for label, method, corrections in variants + ([("solve", "solve", None)] if name == "256x256 batch 1" else []):
+            if corrections is not None:
+                model.learned_steps = corrections
             ours = seconds_per_call(lambda: model.extract_kernel(sx, sy, method=method), repeat=repeat) / len(sx)
-            rows.append({"set": f"extract_kernel ({method}) {name}", "s_per_pair": ours, "published_g_s_per_pair": theirs,
+            rows.append({"set": f"extract_kernel ({label}) {name}", "s_per_pair": ours,
+                         "published_g_s_per_pair": theirs,
                          "images_per_s": 1 / ours, "no_slower": "yes" if ours <= theirs else "NO"})
+        if steps is not None:
+            model.learned_steps = steps
     return rows
 
 
@@ -162,15 +176,26 @@ def main() -> None:
     parser.add_argument("--model", help="a load_model source (default: the shipped default model)")
     parser.add_argument("--parts", default="speed,levin,gopro", help="comma-separated: speed, levin, gopro, latent")
     parser.add_argument("--gopro", type=int, default=6, help="how many GoPro pairs (slow on CPU)")
+    parser.add_argument("--method", help="extraction method for levin and gopro (default: the model's)")
+    parser.add_argument("--learned-steps", type=int, help="corrections after a learned extractor's estimate")
     args = parser.parse_args()
     model = load_model(args.model, device="cpu")
+    if args.method is not None and args.method not in model.extraction_methods:
+        parser.error(f"--method must be one of {', '.join(model.extraction_methods)}, got {args.method!r}")
+    if args.learned_steps is not None:
+        if args.learned_steps < 0 or not hasattr(model, "learned_steps"):
+            parser.error("--learned-steps takes an integer >= 0, for a model with a learned extractor")
+        model.learned_steps = args.learned_steps
     parts = args.parts.split(",")
-    run = {"speed": speed, "levin": levin, "gopro": lambda m: gopro(m, args.gopro), "latent": latent}
+    run = {"speed": speed, "levin": lambda m: levin(m, args.method),
+           "gopro": lambda m: gopro(m, args.gopro, args.method), "latent": latent}
     unknown = set(parts) - run.keys()
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(run)}")
     rows = [row for part in parts for row in run[part](model)]
-    report("transfer_" + "_".join(parts), rows, ["set", "psnr_db", "min_db", "identity_db", "reference_db", "target_db",
+    suffix = "" if args.method is None else f"_{args.method}" + (
+        "" if args.learned_steps is None else f"{args.learned_steps}")
+    report("transfer_" + "_".join(parts) + suffix, rows, ["set", "psnr_db", "min_db", "identity_db", "reference_db", "target_db",
                                                  "images_per_s", "target_images_per_s", "s_per_pair", "published_g_s_per_pair",
                                                  "no_slower"])
 

@@ -95,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, paired=args.paired, crop=args.crop, batch_size=args.batch_size, lr=args.lr,
         max_steps=args.max_steps, seed=args.seed, device=args.device, workers=args.workers,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, blur=as_json(args.blur, "--blur"),
-        model=args.model,
+        model=args.model, objective=args.objective,
     )
     train(model, config, progress=_progress(args), overwrite=args.overwrite)
     print(f"wrote {args.out}/model (load it with kernelspace.load_model({str(args.out) + '/model'!r}))")
@@ -185,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an architecture to train from scratch (kernel-field, bks) or a model source to fine-tune")
     train.add_argument("--model-config", default="{}",
                        help="JSON constructor arguments of a new model (a kernel-field trains a latent_dim of 64 "
-                       "unless this says otherwise)")
+                       "unless this says otherwise), or changes to a loaded one's config (its weights kept, new "
+                       "parts such as {\"encoder_width\": 16} start fresh)")
+    train.add_argument("--objective", default=None,
+                       help="what to train: kernel-field 'prior' (its kernel space, the default) or 'extractor' "
+                       "(its learned extractor: give a model with encoder_width > 0); bks 'joint'")
     kind = train.add_mutually_exclusive_group()
     kind.add_argument("--paired", dest="paired", action="store_true", default=None, help="DATA is a paired dataset")
     kind.add_argument("--photos", dest="paired", action="store_false", help="DATA is clean photos (synthetic blur)")

@@ -63,7 +63,7 @@ _META_KEY = "kernelspace_checkpoint"
 #: may change between runs.
 RESUME_SETTINGS = {
     "data": "DATA", "paired": "--paired/--photos", "crop": "--crop", "batch_size": "--batch-size", "lr": "--lr",
-    "seed": "--seed", "blur": "--blur", "model": "--model",
+    "seed": "--seed", "blur": "--blur", "model": "--model", "objective": "--objective",
 }
 #: Constructor arguments a new model of each architecture trains with unless ``model_config`` says otherwise:
 #: a KernelField learns its kernel space (a latent of 64, as the shipped model), which it lacks by default.
@@ -90,6 +90,9 @@ class TrainConfig:
         blur: keyword arguments of the :class:`~kernelspace.data.SyntheticBlur` used on clean photos.
         model: what the model was made from (the CLI's ``--model``: an architecture, or a source to fine-tune),
             recorded in the checkpoint so that a resumed run is refused when it changed; ``None``: not recorded.
+        objective: what is trained, one of the model's ``training_objectives`` (a KernelField: ``"prior"``, its
+            kernel space, or ``"extractor"``, its learned extractor); ``None``: the model's first. The model's
+            other parameters are frozen.
     """
 
     data: str
@@ -106,6 +109,7 @@ class TrainConfig:
     log_every: int = 10
     blur: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
+    objective: str | None = None
 
 
 class _StepBatches(Sampler):
@@ -143,12 +147,12 @@ class _AtStep(Dataset):
 class _Objective(nn.Module):
     """The model's training loss as a module's forward, which DistributedDataParallel synchronises."""
 
-    def __init__(self, model: KernelSpaceModel) -> None:
+    def __init__(self, model: KernelSpaceModel, objective: str | None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.objective = model, objective
 
     def forward(self, sharp, blurry, psf, generator):
-        return self.model.training_loss(sharp, blurry, psf, generator=generator)
+        return self.model.training_loss(sharp, blurry, psf, generator=generator, objective=self.objective)
 
 
 def _is_paired(config: TrainConfig) -> bool:
@@ -368,24 +372,37 @@ def train(
     if config.batch_size % world:
         raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the number of processes ({world})")
     # Everything that can be refused is checked before the run folder is created.
-    if not any(p.requires_grad for p in model.parameters()):
+    objective = model.check_objective(config.objective)
+    try:
+        trainable, reason = {id(p) for p in model.trainable_parameters(objective)}, ""
+    except ValueError as error:  # the model lacks the part the objective trains
+        trainable, reason = set(), f": {error}"
+    if not trainable:
         hint = " (latent_dim 0: give --model-config '{\"latent_dim\": 64}')" if model.config.get("latent_dim") == 0 else ""
-        raise ValueError(f"{type(model).__name__} with config {model.config} has no parameters to train{hint}")
+        raise ValueError(f"{type(model).__name__} with config {model.config} has no parameters to train for "
+                         f"{objective!r}{hint}{reason}")
+    # The others are frozen for the run (DistributedDataParallel then leaves them alone), and thawed after it.
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in trainable]
     device = resolve_device(config.device)
     out = Path(config.out).absolute()  # the run folder's files are named relative to it and by paths from it
     _refuse_legacy(out)
     paired = _is_paired(config)
-    side = model.training_side(config.crop)
+    side = model.training_side(config.crop, objective)
     dataset = (PairedFolder(config.data, crop=side, seed=config.seed) if paired
                else PhotoFolder(config.data, crop=side, seed=config.seed, cache=True))
     blur = SyntheticBlur(**{"p_nonuniform": 0.0, "gamma": 2.2, **config.blur})
     with OutputFolder(out) if rank == 0 else contextlib.nullcontext() as folder:
         try:
+            for p in frozen:
+                p.requires_grad_(False)
             model = _run(model, config, folder, dataset, blur, paired, device, rank, world, distributed, progress, overwrite)
         except BaseException:
             if folder is not None and folder.created and not (out / CHECKPOINT_NAME).exists():
                 (out / LOG_NAME).unlink(missing_ok=True)  # a run that failed before its first checkpoint leaves nothing
             raise
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
     if distributed:
         # Ranks leave together: one that tears gloo down while rank 0 still writes the model aborts the run.
         dist.barrier()
@@ -426,7 +443,7 @@ def _run(
         hardware = saved.get("hardware", hardware)  # where the run began
     if folder is not None:
         _keep_log_until(folder, log_path, start)
-    objective = _Objective(model)
+    objective = _Objective(model, config.objective)
     if distributed:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -492,7 +509,7 @@ def _run(
     model.eval()
     if folder is not None:
         bank = torch.Generator().manual_seed(config.seed)
-        model.finish_training(blur.sample_params(512, 8, 8, bank).psf)
+        model.finish_training(blur.sample_params(512, 8, 8, bank).psf, config.objective)
         if not last:  # finishing a run whose steps were all done before
             lines = _read_log(log_path)
             last = {k: v for k, v in lines[-1].items() if k not in ("step", "elapsed_s")} if lines else {}
@@ -534,7 +551,8 @@ def model_for_run(
     """The model a run trains: the one its checkpoint was made for when ``out`` has one (resuming; refused when
     ``model`` or ``model_config`` ask for another), else a new model of architecture ``model`` built with
     ``TRAINING_DEFAULTS`` and ``model_config`` (initialised from ``seed``), else the model
-    ``load_model(model)`` loads (fine-tuning). ``overwrite``: the checkpoint is ignored (the run starts again).
+    ``load_model(model)`` loads (fine-tuning), its config updated by ``model_config`` when given (its weights
+    kept; parts that adds start fresh). ``overwrite``: the checkpoint is ignored (the run starts again).
 
     Example:
         >>> import tempfile
@@ -545,8 +563,6 @@ def model_for_run(
     from .hub import load_model
     from .models import ARCHITECTURES
 
-    if model_config and model not in ARCHITECTURES:
-        raise ValueError("model_config applies to a new model (an architecture name), not to a loaded one")
     requested = {**TRAINING_DEFAULTS.get(model, {}), **(model_config or {})}
     _refuse_legacy(Path(out))
     checkpoint = Path(out) / CHECKPOINT_NAME
@@ -572,7 +588,24 @@ def model_for_run(
         return ARCHITECTURES[architecture](**config)
     if model in ARCHITECTURES:
         return ARCHITECTURES[model](**requested)
-    return load_model(model, device="cpu")
+    loaded = load_model(model, device="cpu")
+    return _reconfigured(loaded, model_config) if model_config else loaded
+
+
+def _reconfigured(loaded: KernelSpaceModel, changes: dict) -> KernelSpaceModel:
+    """``loaded`` rebuilt with its config updated by ``changes``: every weight it had is kept, parts the changes
+    add (a learned extractor, say) start fresh; refused when a kept weight no longer fits."""
+    from .models import ARCHITECTURES
+
+    config = {**loaded.config, **changes}
+    model = ARCHITECTURES[config.pop("architecture")](**config)
+    state, own = loaded.state_dict(), model.state_dict()
+    misfit = sorted(k for k, v in state.items() if k not in own or own[k].shape != v.shape)
+    if misfit:
+        raise ValueError(f"--model-config {changes} changes the loaded model's weights ({', '.join(misfit[:3])}"
+                         f"{', ...' if len(misfit) > 3 else ''}); it may only add parts")
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 def _one_thread(_: int) -> None:

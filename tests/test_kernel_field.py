@@ -74,7 +74,7 @@ def test_fast_and_solved_extraction_on_levin(levin_pair):
     # of the coupled solver (their speeds are benchmarks/bench_transfer.py's).
     sharp, blurry = levin_pair
     model = KernelField(iterations=60)
-    assert model.extractor == "fast" and model.extraction_methods == ("fast", "solve")
+    assert model.extractor == "fast" and model.extraction_methods == ("fast", "solve", "learned")
     ref = torch.from_numpy(blurry.astype(np.float32) / 255)[None, None]
     scores = {}
     for method in ("fast", "solve"):
@@ -82,10 +82,10 @@ def test_fast_and_solved_extraction_on_levin(levin_pair):
         out = torch.from_numpy(model.apply_kernel(sharp, k).astype(np.float32) / 255)[None, None]
         scores[method] = psnr(*aligned(out, ref))
     assert scores["fast"] > 42.0 and scores["fast"] > scores["solve"] - 1.0, scores
-    with pytest.raises(ValueError, match="method must be one of 'fast', 'solve'"):
+    with pytest.raises(ValueError, match="method must be one of 'fast', 'solve', 'learned'"):
         model.extract_kernel(sharp, blurry, method="network")
     with pytest.raises(ValueError, match="extractor must be one of"):
-        KernelField(extractor="learned")
+        KernelField(extractor="network")
 
 
 def test_fast_extraction_follows_a_blur_that_varies_across_a_photo(photo):
@@ -109,6 +109,12 @@ def test_fast_extraction_follows_a_blur_that_varies_across_a_photo(photo):
                        finished)
     assert fit(cells) > fit(pooled) + 4 and fit(finished) > fit(cells) + 5 and fit(finished) > 45, (
         fit(pooled), fit(cells), fit(finished))
+    # Started from a field (a learned extractor's), only the corrections run: from the pooled kernel, three of
+    # them get most of the way; from the true field, they stay there.
+    truth = field.reshape(1, 3, 4, 13, 13)
+    from_pooled = fast_psf_field(x, y, cell=64, psf_size=13, init=pooled)
+    assert fit(from_pooled) > fit(cells) and fit(fast_psf_field(x, y, cell=64, psf_size=13, init=truth)) > 50, (
+        fit(from_pooled), fit(fast_psf_field(x, y, cell=64, psf_size=13, init=truth)))
 
 
 def test_a_batch_of_pairs_gives_each_pair_its_own_kernel(photo):
@@ -137,6 +143,59 @@ def test_an_old_config_without_an_extractor_loads_with_the_fast_one(tmp_path):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     k = loaded.extract_kernel(x, loaded.apply_kernel(x, loaded.sample_kernel(64, 64, seed=0)), method="solve")
     assert k.shape == (1, 82, 2, 2)
+
+
+def test_the_learned_extractor_gives_valid_fields_per_pair_on_any_device(photo):
+    # A real photo under a known blur: the network's field (untrained here: shapes and plumbing, not quality) is
+    # a valid PSF field per pair, batches do not mix pairs, and its corrections fit the pair far better.
+    from kernelspace.metrics import psnr as score
+
+    model = KernelField(cell=32, psf_size=9, encoder_width=4)
+    x = torch.from_numpy(photo[:64, :96].copy()).permute(2, 0, 1)[None].float() / 255
+    x = torch.cat([x, x.flip(-1)])
+    y = model.apply_kernel(x, model.sample_kernel(64, 96, batch=2, seed=1)).clamp(0, 1)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        model.to(device)
+        fits = {}
+        for steps in (0, 3):
+            model.learned_steps = steps
+            k = model.extract_kernel(x.to(device), y.to(device), method="learned")
+            assert k.shape == (2, 82, 2, 3) and k.device.type == device
+            psf = model.psf_field(k)
+            assert (psf >= 0).all() and torch.allclose(psf.sum((-2, -1)), torch.ones(2, 2, 3, device=device))
+            assert set(model.response(k).flatten().tolist()) <= set(model.gammas)
+            alone = model.extract_kernel(x[1:].to(device), y[1:].to(device), method="learned")
+            torch.testing.assert_close(k[1:], alone, atol=2e-4, rtol=0)
+            fits[steps] = score(model.apply_kernel(x.to(device), k), y.to(device))
+        assert fits[3] > fits[0] + 3, fits
+    model.to("cpu")
+
+
+def test_a_model_saved_without_a_learned_extractor_says_so(tmp_path):
+    import json
+
+    # As the default model was saved before the learned extractor existed: no encoder_width in its config.
+    KernelField(cell=32, psf_size=9).save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("encoder_width", "learned_steps"):
+        config.pop(key)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = load_model(tmp_path / "m")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = old.apply_kernel(x, old.sample_kernel(64, 64, seed=0))
+    with pytest.raises(ValueError, match="no learned extractor .* use method='fast'"):
+        old.extract_kernel(x, y, method="learned")
+    assert old.extract_kernel(x, y).shape == (1, 82, 2, 2)  # the default (fast) way still works
+    with pytest.raises(ValueError, match="needs a learned extractor: give encoder_width"):
+        KernelField(extractor="learned")
+    with pytest.raises(ValueError, match="cell that is a power of two"):
+        KernelField(cell=96, encoder_width=8)
+    # With one, it is saved and loaded with its weights.
+    model = KernelField(cell=32, psf_size=9, encoder_width=4, extractor="learned")
+    model.save_pretrained(tmp_path / "learned")
+    loaded = load_model(tmp_path / "learned")
+    assert torch.equal(loaded.extract_kernel(x, y), model.extract_kernel(x, y))
 
 
 def test_prior_is_seeded_valid_and_varies_across_the_image():

@@ -255,6 +255,54 @@ def test_resuming_with_another_model_is_refused(photos, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_the_extractor_objective_trains_only_a_learned_extractor_added_to_a_loaded_model(photos, tmp_path, capsys):
+    # As the shipped model's extractor was trained: a saved model (its kernel space kept) gets a learned extractor
+    # (--model-config on a loaded model), and --objective extractor trains that alone.
+    source = tmp_path / "source"
+    KernelField(**TINY_FIELD).save_pretrained(source)
+    args = ["train", str(photos), str(tmp_path / "run"), "--model", str(source), "--model-config",
+            '{"encoder_width": 4}', "--objective", "extractor", "--blur", json.dumps(LEARN_BLUR), "--crop", "40",
+            "--batch-size", "4", "--max-steps", "60", "--lr", "3e-3", "--log-every", "10", "--no-progress"]
+    assert main(args) == 0
+    trained, before = load_model(tmp_path / "run" / "model"), load_model(source)
+    assert trained.config["encoder_width"] == 4
+    kept = before.state_dict()
+    assert all(torch.equal(trained.state_dict()[k], v) for k, v in kept.items())  # the kernel space is untouched
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(row.keys() >= {"transfer", "psf_ce", "psf_l1", "response_ce"} for row in log)
+    fresh = KernelField(**TINY_FIELD, encoder_width=4)
+    assert not torch.equal(trained.kernel_encoder.head.weight, fresh.kernel_encoder.head.weight)  # zero at the start
+    assert all(p.requires_grad for p in trained.parameters())
+    # Resuming under another objective is refused; so is an objective the model cannot train, or an unknown one.
+    assert main([*args[:8], "prior", *args[9:]]) == 2
+    assert "made with --objective 'extractor'" in capsys.readouterr().err
+    for model_args, message in ((["--model", str(source), "--objective", "extractor"], "no parameters to train for 'extractor'"),
+                                (["--objective", "joint"], "objective must be one of 'prior', 'extractor'"),
+                                (["--model", str(source), "--model-config", '{"psf_size": 9}'], "may only add parts")):
+        assert main(["train", str(photos), str(tmp_path / "failed"), *model_args, "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "failed").exists()
+
+
+def test_the_extractor_objective_fits_a_batch(photos):
+    # Its gradients are right: a few Adam steps on one batch of real crops bring their PSFs close to the truth.
+    model = KernelField(**TINY_FIELD, encoder_width=8)
+    x = torch.stack([PhotoFolder(photos, crop=64, seed=1)[i] for i in range(4)])
+    psf = SyntheticBlur(p_nonuniform=0.0, **LEARN_BLUR).sample_params(4, 64, 64, torch.Generator().manual_seed(2)).psf
+    optimizer = torch.optim.Adam(model.trainable_parameters("extractor"), lr=3e-3)
+
+    def loss() -> tuple[torch.Tensor, dict]:
+        return model.training_loss(x, x, psf, generator=torch.Generator().manual_seed(0), objective="extractor")
+
+    first = loss()[1]
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss()[0].backward()
+        optimizer.step()
+    last = loss()[1]
+    assert last["psf_ce"] < first["psf_ce"] - 1.0 and last["transfer"] < 0.7 * first["transfer"], (first, last)
+
+
 def test_cli_errors(photos, tmp_path, capsys):
     assert main(["train", str(photos), str(tmp_path), "--model-config", "{latent"]) == 2
     assert "--model-config must be a JSON object" in capsys.readouterr().err
@@ -263,13 +311,18 @@ def test_cli_errors(photos, tmp_path, capsys):
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
-def test_torchrun_two_processes(photos, tmp_path):
+@pytest.mark.parametrize("objective", ["prior", "extractor"])
+def test_torchrun_two_processes(photos, tmp_path, objective):
+    # The extractor's objective freezes the kernel space: DistributedDataParallel must leave it alone.
+    config = {**TINY_FIELD, "encoder_width": 4} if objective == "extractor" else TINY_FIELD
     cmd = ["torchrun", "--nproc-per-node", "2", "--master-port", "29517", "-m", "kernelspace.cli", "train", str(photos),
-           str(tmp_path), "--model-config", json.dumps(TINY_FIELD), "--blur", json.dumps(TINY_BLUR), "--crop", "32",
-           "--batch-size", "4", "--max-steps", "3", "--device", "cpu", "--no-progress"]
+           str(tmp_path), "--model-config", json.dumps(config), "--objective", objective, "--blur",
+           json.dumps(TINY_BLUR), "--crop", "32", "--batch-size", "4", "--max-steps", "3", "--device", "cpu",
+           "--no-progress"]
     subprocess.run(cmd, check=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert (tmp_path / "model" / "model.safetensors").is_file()
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1  # only rank 0 writes
+    assert ("psf_ce" in (tmp_path / "log.jsonl").read_text()) == (objective == "extractor")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

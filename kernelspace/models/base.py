@@ -119,6 +119,24 @@ class KernelSpaceModel(
     #: config picks another.
     extraction_methods: tuple[str, ...] = ("network",)
 
+    #: What :meth:`training_loss` can train (its ``objective=``, ``kernelspace train --objective``); the first is
+    #: the default.
+    training_objectives: tuple[str, ...] = ("joint",)
+
+    def check_objective(self, objective: str | None) -> str:
+        """``objective`` checked against ``training_objectives`` (``None``: the first)."""
+        if objective is None:
+            return self.training_objectives[0]
+        if objective not in self.training_objectives:
+            raise ValueError(f"objective must be one of {', '.join(map(repr, self.training_objectives))} for "
+                             f"{type(self).__name__}, got {objective!r}")
+        return objective
+
+    def trainable_parameters(self, objective: str | None = None) -> list[nn.Parameter]:
+        """The parameters ``objective`` trains (the trainer freezes the others): by default all of them."""
+        self.check_objective(objective)
+        return list(self.parameters())
+
     def _kernel_from_pair(
         self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None, method: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -306,14 +324,17 @@ class KernelSpaceModel(
         psf: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        objective: str | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The training objective on a batch: ``(loss, figures to log)``; what the trainer minimises.
 
         This default is the paper's: F and G jointly, ``Charbonnier(y, F(x, G(x, y)))``; a model with a VAE head
         blurs with a sampled kernel ``mean + sigma * N(0, 1)`` and adds ``kl_weight`` times its KL divergence.
         Sides must be ones the model accepts (see :meth:`padded_size`). ``psf`` is the known PSF of synthetic
-        blur, ``(B, S, S)``, for models that learn from it; this default does not need it.
+        blur, ``(B, S, S)``, for models that learn from it; this default does not need it. ``objective``: one of
+        ``training_objectives`` (this default has one, ``"joint"``).
         """
+        self.check_objective(objective)
         mean, sigma = self._kernel_from_pair(sharp, blurry)
         kernel, logs, kl = mean, {}, mean.new_zeros(())
         if sigma is not None:
@@ -326,13 +347,13 @@ class KernelSpaceModel(
         logs["charbonnier"] = reconstruction.item()
         return reconstruction + self.kl_weight * kl, logs
 
-    def training_side(self, crop: int) -> int:
+    def training_side(self, crop: int, objective: str | None = None) -> int:
         """The side of the training crops for a requested ``crop``: the nearest the model accepts at or above it."""
         return max(self.padded_size(crop, crop))
 
-    def finish_training(self, psf: torch.Tensor) -> None:
-        """Called once after training with a bank of ``(N, S, S)`` PSFs drawn like the training blur; models
-        that fit something to them (such as a latent distribution) override it."""
+    def finish_training(self, psf: torch.Tensor, objective: str | None = None) -> None:
+        """Called once after training ``objective`` with a bank of ``(N, S, S)`` PSFs drawn like the training blur;
+        models that fit something to them (such as a latent distribution) override it."""
 
     def _check_kernel(self, kernel: Any, batch: int) -> torch.Tensor:
         if not isinstance(kernel, torch.Tensor):

@@ -45,6 +45,7 @@ from ..physics.eff import space_varying_blur
 from ..physics.kernel_estimation import cell_normal_equations, estimate_psf_field, fast_psf_field, pooled_psf
 from ..physics.psf import fit_canvas, rasterize_psf, shake_trajectory
 from .base import KernelSpaceModel, Sensor, check_int, check_number
+from .kernel_encoder import KernelEncoder
 from .psf_vae import PSFAutoencoder
 
 __all__ = ["KernelField"]
@@ -87,10 +88,15 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         prior: ``"trajectory"`` (camera shake, needs no training) or ``"latent"`` (the trained VAE).
         latent_variation: with the latent prior, how far (in latent standard deviations) a cell's latent strays
             from its image's: 0 gives uniform blur.
-        extractor: how :meth:`extract_kernel` computes G by default: ``"fast"`` or ``"solve"`` (module docstring).
+        extractor: how :meth:`extract_kernel` computes G by default: ``"fast"``, ``"solve"`` or ``"learned"``
+            (module docstring).
         fast_iterations: FISTA iterations of each cell-by-cell solve of the fast extractor.
         fast_steps: corrections of the fast extractor's field on the coupled problem (each one blur and its
             adjoint; :func:`~kernelspace.physics.kernel_estimation.fast_psf_field`).
+        encoder_width: channels of the first layer of the learned extractor
+            (:class:`~kernelspace.models.kernel_encoder.KernelEncoder`; ``cell`` a power of two); 0: none.
+        learned_steps: corrections on the coupled problem that follow the learned extractor's estimate (0: the
+            network's estimate as it is).
 
     Example:
         >>> import torch
@@ -103,7 +109,8 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         (1, 3, 70, 90)
     """
 
-    extraction_methods = ("fast", "solve")
+    extraction_methods = ("fast", "solve", "learned")
+    training_objectives = ("prior", "extractor")
 
     def __init__(
         self,
@@ -122,6 +129,8 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         extractor: str = "fast",
         fast_iterations: int = 50,
         fast_steps: int = 3,
+        encoder_width: int = 0,
+        learned_steps: int = 3,
     ) -> None:
         super().__init__()
         # Checked before anything is allocated: a config.json from elsewhere can ask for any size.
@@ -149,6 +158,11 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         self.extractor = extractor
         self.fast_iterations = check_int("fast_iterations", fast_iterations, 1, 100_000)
         self.fast_steps = check_int("fast_steps", fast_steps, 0, 1000)
+        self.learned_steps = check_int("learned_steps", learned_steps, 0, 1000)
+        if check_int("encoder_width", encoder_width, 0, 256) and cell & (cell - 1):
+            raise ValueError(f"a learned extractor (encoder_width > 0) needs a cell that is a power of two, got {cell}")
+        if extractor == "learned" and not encoder_width:
+            raise ValueError("extractor 'learned' needs a learned extractor: give encoder_width > 0")
         # A buffer gives the model a device and dtype (and save_pretrained a file) even without learned weights.
         self.register_buffer("response_candidates", torch.tensor(self.gammas))
         self.kernel_vae = PSFAutoencoder(psf_size, latent_dim, vae_width) if latent_dim > 0 else None
@@ -156,6 +170,7 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
             # The distribution of the encoded training PSFs (fitted after training): sampling draws from it.
             self.register_buffer("latent_mean", torch.zeros(latent_dim))
             self.register_buffer("latent_std", torch.ones(latent_dim))
+        self.kernel_encoder = KernelEncoder(cell, psf_size, len(self.gammas), encoder_width) if encoder_width else None
 
     @property
     def grid_multiple(self) -> int:  # type: ignore[override]
@@ -193,6 +208,12 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         return torch.cat([taps, gamma.view(b, 1, 1, 1).expand(b, 1, h, w).to(taps)], 1)
 
     # -- the learned kernel space -----------------------------------------------------------------------------
+    def _encoder(self) -> KernelEncoder:
+        if self.kernel_encoder is None:
+            raise ValueError("this KernelField has no learned extractor (encoder_width=0, as in models saved before "
+                             "it existed): use method='fast' (the default) or 'solve', or a model with one")
+        return self.kernel_encoder
+
     def _vae(self) -> PSFAutoencoder:
         if self.kernel_vae is None:
             raise ValueError("this KernelField has no learned kernel space (latent_dim=0); use a model with latent_dim > 0")
@@ -216,6 +237,11 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         """``(N, s, s)`` PSFs of any odd size -> centred on this model's ``S x S`` canvas, renormalised."""
         return fit_canvas(psf, self.psf_size)
 
+    def trainable_parameters(self, objective: str | None = None) -> list[torch.nn.Parameter]:
+        """The VAE's parameters (``"prior"``) or the learned extractor's (``"extractor"``)."""
+        part = self._vae() if self.check_objective(objective) == "prior" else self._encoder()
+        return list(part.parameters())
+
     def training_loss(
         self,
         sharp: torch.Tensor,
@@ -223,18 +249,28 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         psf: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        objective: str | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Train the kernel space: Charbonnier between the sharp image blurred with the VAE's reconstruction of
-        the true PSF and with the true PSF (in linear light; the re-blur is what users see), plus a small KL.
+        """Train the kernel space (``objective="prior"``, the default) or the learned extractor (``"extractor"``).
 
-        F and G here are physics; what is learned is the latent space the prior and deblurring search. ``blurry``
-        is not used: a synthetic pair's known ``psf`` gives a noise-free target. The log's ``shuffled`` figure
-        is the loss with the batch's PSFs shuffled: the "does k matter" control.
+        F and G here are physics; what is learned is the latent space the prior and deblurring search, and
+        optionally a network that does G's work in one pass. Both learn from a synthetic pair's known ``psf``;
+        ``blurry`` is not used.
+
+        - ``"prior"``: Charbonnier between the sharp image blurred with the VAE's reconstruction of the true PSF
+          and with the true PSF (in linear light; the re-blur is what users see), plus a small KL. The log's
+          ``shuffled`` figure is the loss with the batch's PSFs shuffled: the "does k matter" control.
+        - ``"extractor"``: each crop is blurred with its PSF under a response drawn from ``gammas``, with
+          Gaussian noise (sigma up to 0.01) and 8-bit rounding; the encoder's field is scored by the transfer
+          loss through F (Charbonnier between the crop re-blurred with it and the noise-free blurry crop), plus
+          0.01 x the L1 distance of its PSFs to the true one and 0.01 x the response's cross-entropy.
         """
-        vae = self._vae()
         if psf is None:
             raise ValueError("KernelField learns from synthetic blur with a known PSF; train on clean photos")
         psf = self.fit_canvas(psf.to(sharp))
+        if self.check_objective(objective) == "extractor":
+            return self._extractor_loss(sharp, psf, generator)
+        vae = self._vae()
         decoded, kl = vae(psf, generator)
         gamma = max(self.gammas)
         linear = _linear(sharp, gamma)
@@ -246,14 +282,41 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         logs = {"charbonnier": reconstruction.item(), "kl": kl.mean().item(), "shuffled": shuffled.item()}
         return reconstruction + self.kl_weight * kl.mean() / self.kernel_vae.latent_dim, logs
 
-    def training_side(self, crop: int) -> int:
-        """Any side: :meth:`training_loss` blurs whole crops with one PSF each, not on the cell grid."""
+    def _extractor_loss(
+        self, sharp: torch.Tensor, psf: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        encoder, b = self._encoder(), sharp.shape[0]
+        pick = torch.randint(len(self.gammas), (b,), generator=generator)
+        sigma = torch.rand(b, 1, 1, 1, generator=generator) * 0.01
+        noise = torch.randn(sharp.shape, generator=generator) * sigma
+        pick, noise = pick.to(sharp.device), noise.to(sharp)
+        gamma = torch.tensor(self.gammas, dtype=sharp.dtype, device=sharp.device)[pick].view(-1, 1, 1, 1)
+        linear = _linear(sharp, gamma)
+        target = _encoded(psf_blur(linear, psf), gamma)
+        blurry = ((target + noise).clamp(0, 1) * 255).round() / 255
+        field, logits = encoder(sharp, blurry)
+        transfer = charbonnier(_encoded(space_varying_blur(linear, field, self.cell), gamma), target)
+        # The PSFs' cross-entropy with the true one (a softmax's natural loss: its gradient is their difference).
+        truth = psf[:, None, None].expand_as(field)
+        cross_entropy = -(truth * field.clamp_min(1e-12).log()).sum((-2, -1)).mean()
+        distance = (field - truth).abs().sum((-2, -1)).mean()
+        response = F.cross_entropy(logits, pick)
+        logs = {"transfer": transfer.item(), "psf_ce": cross_entropy.item(), "psf_l1": distance.item(),
+                "response_ce": response.item()}
+        return transfer + 0.01 * (cross_entropy + response), logs
+
+    def training_side(self, crop: int, objective: str | None = None) -> int:
+        """Any side for the prior (:meth:`training_loss` blurs whole crops with one PSF each); the extractor
+        needs whole cells: the nearest multiple of ``cell`` at or above ``crop``."""
+        if self.check_objective(objective) == "extractor":
+            return -(-crop // self.cell) * self.cell
         return crop
 
     @torch.no_grad()
-    def finish_training(self, psf: torch.Tensor) -> None:
-        """Fit the latent prior (per-dimension mean and spread) to the encodings of ``(N, s, s)`` PSFs."""
-        if self.kernel_vae is None:
+    def finish_training(self, psf: torch.Tensor, objective: str | None = None) -> None:
+        """After training the prior: fit its latent distribution (per-dimension mean and spread) to the encodings
+        of ``(N, s, s)`` PSFs."""
+        if self.kernel_vae is None or self.check_objective(objective) != "prior":
             return
         mu, _ = self.kernel_vae.encode(self.fit_canvas(psf.to(self.device)))
         self.latent_mean.copy_(mu.mean(0))
@@ -289,9 +352,23 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
     def _kernel_from_pair(
         self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None = None, method: str | None = None
     ) -> tuple[torch.Tensor, None]:
-        if (method or self.extractor) == "fast":
+        method = method or self.extractor
+        if method == "fast":
             return self._fast_kernel(sharp, blurry, valid), None
+        if method == "learned":
+            return self._learned_kernel(sharp, blurry, valid), None
         return self._solved_kernel(sharp, blurry, valid), None
+
+    def _learned_kernel(self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None) -> torch.Tensor:
+        psf, logits = self._encoder()(sharp, blurry)
+        gamma = torch.tensor(self.gammas, dtype=sharp.dtype, device=sharp.device)[logits.argmax(1)]
+        if self.learned_steps:
+            # The network's field replaces the pooled and cell-by-cell fits; the corrections finish it.
+            g = gamma.view(-1, 1, 1, 1)
+            xl, yl = (_linear(t, g).mean(1, keepdim=True) for t in (sharp, blurry))
+            psf = fast_psf_field(xl, yl, cell=self.cell, psf_size=self.psf_size, valid=valid or tuple(sharp.shape[-2:]),
+                                 tikhonov=self.tikhonov, steps=self.learned_steps, init=psf)
+        return self.pack(psf, gamma)
 
     def _fast_kernel(self, sharp: torch.Tensor, blurry: torch.Tensor, valid: tuple[int, int] | None) -> torch.Tensor:
         valid = valid or tuple(sharp.shape[-2:])

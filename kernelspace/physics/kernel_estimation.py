@@ -252,6 +252,7 @@ def fast_psf_field(
     step_iterations: int = 20,
     equations: tuple[torch.Tensor, torch.Tensor] | None = None,
     pooled: torch.Tensor | None = None,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The PSF field (B, H/cell, W/cell, S, S) fitted cell by cell (:func:`cell_normal_equations`), then corrected.
 
@@ -265,7 +266,8 @@ def fast_psf_field(
     :func:`estimate_psf_field`'s (whose step is sized for the whole Hessian); five add under 0.15 dB there.
 
     ``equations`` and ``pooled``, when given, are this pair's :func:`cell_normal_equations` and
-    :func:`pooled_psf` already computed (a caller comparing several camera responses has them).
+    :func:`pooled_psf` already computed (a caller comparing several camera responses has them). ``init``, a field
+    from elsewhere (a learned extractor's), replaces the pooled and cell-by-cell fits: only the corrections run.
 
     Example:
         >>> import torch
@@ -280,15 +282,18 @@ def fast_psf_field(
         equations = cell_normal_equations(sharp, blurry, cell=cell, psf_size=psf_size, valid=valid,
                                           saturation=saturation)
     auto, cross = equations
-    if pooled is None:
-        pooled = pooled_psf(auto, cross, iterations=iterations, tikhonov=tikhonov)
     gh, gw = cross.shape[1:3]
     # The weights are relative to the curvature of each cell's problem (its largest eigenvalue).
     share = _curvature(auto.sum((1, 2), keepdim=True)) / (gh * gw)
-    psf = pooled.expand_as(cross)
-    if gh * gw > 1:
-        psf = solve_normal_equations(auto, cross, psf, tikhonov=tikhonov * share, iterations=iterations,
-                                     anchor=pooled, anchor_weight=coupling * share)
+    if init is not None:
+        psf = init
+    else:
+        if pooled is None:
+            pooled = pooled_psf(auto, cross, iterations=iterations, tikhonov=tikhonov)
+        psf = pooled.expand_as(cross)
+        if gh * gw > 1:
+            psf = solve_normal_equations(auto, cross, psf, tikhonov=tikhonov * share, iterations=iterations,
+                                         anchor=pooled, anchor_weight=coupling * share)
     if steps:
         normal, rhs = _coupled_problem(sharp, blurry, cell, psf_size, valid, saturation)
         hessian = 1.2 * auto
