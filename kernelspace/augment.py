@@ -334,6 +334,9 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
                 raise ValueError("params['jpeg_quality'] must lie in [1, 100] (libjpeg's quality scale)")
             if not bool(torch.isfinite(noise).all() & (noise >= 0).all()):
                 raise ValueError("params['noise_shot'] and params['noise_read'] must be finite and at least 0")
+            gamma = params["response_gamma"]
+            if not bool(((gamma >= 0) & (gamma <= 10)).all()):
+                raise ValueError("params['response_gamma'] must lie in [0, 10] (0: the kernel's own response)")
 
     # -- applying ------------------------------------------------------------------------------------------------
     def apply_transform(
@@ -370,6 +373,9 @@ class KernelSpaceAugment(IntensityAugmentationBase2D):
         noisy = params["noise_prob"].cpu() > 0.5
         shot, read = (params[k].cpu() * noisy for k in ("noise_shot", "noise_read"))  # 0 and 0: no noise
         sensor = functools.partial(sensor_noise, shot=shot, read=read, seed=params["noise_seed"].cpu())
+        gamma = params["response_gamma"].cpu()
+        if bool((gamma > 0).any()):  # a response of the sample's own instead of the kernel's
+            kernels = model.with_response(kernels, gamma)
         blurry = model.apply_kernel(sharp, kernels, sensor=sensor)
         coded = (params["jpeg_prob"] > 0.5).cpu()
         if not bool(coded.any()):

@@ -53,7 +53,15 @@ def test_arms_differ_only_in_the_degradation_and_are_reproducible(run, budget) -
     assert max(b.kernel_space.model.gammas) == 2.2 and d.kernel_space.model.gammas == [1.0]  # the prior: the max
     for x, y in ((blurry_a, blurry_b), (blurry_b, blurry_c), (blurry_b, blurry_d), (blurry_a, sharp_a)):
         assert not (x == y).flatten(1).all(1).any()
-    for data, blurry in ((a, blurry_a), (b, blurry_b), (c, blurry_c), (d, blurry_d)):
+    # (e) is (c) with a response of each sample's own: the same kernels and chain draws, other values.
+    e = run.BlurredPhotos(budget, "e")
+    sharp_e, blurry_e = e.batch(3)
+    assert torch.equal(sharp_e, sharp_a)
+    params_c, params_e = c.kernel_space._params, e.kernel_space._params
+    assert all(torch.equal(params_c[k], params_e[k]) for k in params_c if k != "response_gamma")
+    assert ((params_e["response_gamma"] >= 1.0) & (params_e["response_gamma"] <= 2.2)).all()
+    assert not (blurry_e == blurry_c).flatten(1).all(1).any()
+    for data, blurry in ((a, blurry_a), (b, blurry_b), (c, blurry_c), (d, blurry_d), (e, blurry_e)):
         assert torch.equal(blurry, data.batch(3)[1])  # a step's batch is fixed: a resumed run sees the same data
         assert torch.equal(blurry * 255, (blurry * 255).round())  # 8-bit quantised
 

@@ -111,6 +111,29 @@ def test_sampled_parameters_stay_in_their_ranges() -> None:
     assert abs(float(params["noise_prob"].mean()) - 0.7) < 0.03 and abs(float(params["jpeg_prob"].mean()) - 0.3) < 0.03
     again = d.sample(4000, seeded(0))
     assert all(torch.equal(params[k], again[k]) for k in Degradation.PARAM_KEYS)
+    assert torch.equal(params["response_gamma"], torch.zeros(4000))  # no response of its own: the kernel's
+    gamma = Degradation(response=(1.0, 2.2)).sample(4000, seeded(0))["response_gamma"]
+    assert 1.0 <= float(gamma.min()) < 1.01 and 2.19 < float(gamma.max()) <= 2.2 and abs(float(gamma.mean()) - 1.6) < 0.03
+
+
+def test_a_response_of_its_own_blurs_like_a_model_with_that_response(crops: torch.Tensor) -> None:
+    # The response stage at (1, 1) turns the default prior's gamma-2.2 blur into the blur of the stored values:
+    # exactly what a model with a linear response gives from the same kernel seeds.
+    quiet = {"p_noise": 0.0, "p_jpeg": 0.0}
+    linear = KernelSpaceAugment(p=1.0, model=KernelField(cell=32, psf_size=9, gammas=[1.0]))
+    expected = linear(crops, generator=seeded(3))
+    own = KernelSpaceAugment(p=1.0, model=KernelField(cell=32, psf_size=9),
+                             degradation=Degradation(response=(1.0, 1.0), **quiet))
+    assert torch.equal(own(crops, generator=seeded(3)), expected)
+    ranged = KernelSpaceAugment(p=1.0, model=own.model, degradation=Degradation(response=(1.0, 2.2), **quiet))
+    out = ranged(crops, generator=seeded(3))
+    assert torch.equal(ranged(crops, params=ranged._params), out)  # it replays
+    gamma = ranged._params["response_gamma"]
+    kernels = own.model.with_response(ranged.kernels(ranged._params, 64, 64), gamma)
+    assert torch.equal(own.model.response(kernels).flatten(), gamma)
+    assert torch.equal(out, own.model.apply_kernel(crops, kernels))
+    with pytest.raises(ValueError, match="kernels hold no camera response: Degradation.response=.... needs"):
+        BKSNet(nf=8, front_RBs=1, back_RBs=1, kernel_dim=16, n_blocks=1).with_response(kernels, gamma)
 
 
 # -- the chain in KernelSpaceAugment ----------------------------------------------------------------------------
@@ -178,6 +201,8 @@ def test_bksnet_decodes_its_output_for_the_sensor() -> None:
         ({"jpeg_quality": (60.5, 90)}, "pair of integers"),
         ({"p_noise": -0.1}, r"p_noise must be a probability in \[0, 1\], got -0.1"),
         ({"p_jpeg": True}, "p_jpeg must be a probability"),
+        ({"response": (0.0, 2.2)}, "response exponents must be above 0"),
+        ({"response": (2.2, 1.0)}, "response must be a .low, high. pair of numbers"),
     ],
 )
 def test_bad_degradation_settings_say_what_is_accepted(kwargs: dict, message: str) -> None:
@@ -197,5 +222,7 @@ def test_bad_chain_arguments_and_params_are_refused(crops: torch.Tensor) -> None
         aug(crops, params={**params, "jpeg_quality": params["jpeg_quality"] + 100})
     with pytest.raises(ValueError, match="must be finite and at least 0"):
         aug(crops, params={**params, "noise_read": -params["noise_read"]})
+    with pytest.raises(ValueError, match=r"response_gamma'\] must lie in \[0, 10\]"):
+        aug(crops, params={**params, "response_gamma": params["response_gamma"] - 1})
     with pytest.raises(ValueError, match="jpeg_compress takes RGB or grey images"):
         jpeg_compress(torch.rand(1, 2, 8, 8), torch.tensor([90]))

@@ -1,6 +1,7 @@
 """The paper's augmentation experiment at CPU scale: does kernel-space blur help a deblurring network?
 
     OMP_NUM_THREADS=2 python examples/augmentation_experiment/run.py [--arms a,b,c,d] [--until N] [--device D]
+        [--results NAME]
 
 Four arms train the same small SRN-Deblur network (``srn.py``) from the same initial weights, with the same
 steps, batches, crops, learning-rate schedule and seeds, on clean photos of ../shared/data/train (random crops,
@@ -14,7 +15,9 @@ flips and 90-degree turns, ``PhotoFolder``) degraded on the fly; only the degrad
   parameters are drawn after the blur's), Poisson-Gaussian sensor noise in linear light instead of the additive
   noise, then JPEG on half of the samples;
 - (d) a diagnostic: (b)'s kernels and noise, but blurring the stored values (a camera response of gamma 1, as
-  the Levin and Kodak sets were made) instead of linear light with gamma 2.2.
+  the Levin and Kodak sets were made) instead of linear light with gamma 2.2;
+- (e) (c) with a camera response of each sample's own, uniform in [1.0, 2.2] (``Degradation(response=(1.0,
+  2.2))``): the same kernels and chain draws as (c).
 
 Every arm quantises to 8 bits. Every random draw comes from a generator seeded by (seed, step, purpose), so the
 arms see the same crops and the same noise draws, and a resumed run is the same as an uninterrupted one.
@@ -63,7 +66,8 @@ from srn import SRNDeblur, multiscale_loss  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 PICTURES = ROOT / "docs" / "img" / "augmentation"
 ARMS = {"a": "kornia RandomMotionBlur", "b": "KernelSpaceAugment blur", "c": "KernelSpaceAugment + degradation chain",
-        "d": "KernelSpaceAugment blur in the stored values (gamma 1)"}
+        "d": "KernelSpaceAugment blur in the stored values (gamma 1)",
+        "e": "KernelSpaceAugment + degradation chain, response gamma uniform in [1.0, 2.2]"}
 SETS = ("gopro_pairs6", "levin2009", "kodak24_large_blur")
 EVAL_SIDE = 512  # GoPro and Kodak are scored on their centre crop: the alignment search on full frames is slow
 PICTURED = {"gopro_pairs6/04": (slice(60, 316), slice(0, 256)), "levin2009/im1_kernel2": (slice(15, 240), slice(15, 240)),
@@ -106,7 +110,7 @@ class BlurredPhotos:
         )
         self.kernel_space = None if arm == "a" else KernelSpaceAugment(
             p=1.0, pool_size=budget.pool_size, pool_seed=budget.seed,
-            degradation=Degradation() if arm == "c" else None,
+            degradation={"c": Degradation(), "e": Degradation(response=(1.0, 2.2))}.get(arm),
             # (d): the default model's prior with a linear camera response, so its kernels blur the stored values
             model=KernelField(gammas=[1.0]) if arm == "d" else None,
         )
@@ -125,7 +129,7 @@ class BlurredPhotos:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=_seeded(seed, step, "kornia"))))
                 blurry = torch.cat([self.motion(s[None]) for s in sharp])
-        if self.arm != "c":  # arm (c)'s chain has its own sensor noise
+        if self.arm not in ("c", "e"):  # the chain has its own sensor noise
             noise = _seeded(seed, step, "noise")
             sigma = torch.rand(b.batch, 1, 1, 1, generator=noise) * b.noise_max
             blurry = blurry + sigma * torch.randn(blurry.shape, generator=noise)
@@ -327,7 +331,8 @@ def summarise(scores: list[dict], arms: list[str]) -> tuple[list[dict], dict, di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arms", default="a,b,c,d", help="which arms to train and score: a comma-separated subset of a,b,c,d")
+    parser.add_argument("--arms", default="a,b,c,d",
+                        help=f"which arms to train and score: a comma-separated subset of {','.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps of each arm")
     parser.add_argument("--work", type=Path, default=HERE / "runs", help="checkpoints and cached scores")
     parser.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (the arms take turns)")
@@ -335,6 +340,9 @@ def main() -> None:
                         "networks as they are); run again with a larger value, or none, to go on")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when there is one)")
     parser.add_argument("--no-eval", action="store_true", help="train only")
+    parser.add_argument("--results", default="augmentation_experiment",
+                        help="write benchmarks/results/NAME.json; another name than the default writes no pictures "
+                        "(a run of a few arms beside the main one)")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     if not arms or any(a not in ARMS for a in arms):
@@ -342,6 +350,8 @@ def main() -> None:
     if args.steps < 1 or args.save_every < 1 or (args.until is not None and args.until < 1):
         parser.error(f"--steps, --save-every and --until must be positive, got {args.steps}, {args.save_every} "
                      f"and {args.until}")
+    if not all(ch.isalnum() or ch in "_-." for ch in args.results) or args.results.startswith("."):
+        parser.error(f"--results takes a file name (letters, digits, _ - .), got {args.results!r}")
     try:
         device = resolve_device(args.device)
     except ValueError as error:
@@ -363,10 +373,10 @@ def main() -> None:
     start = time.perf_counter()
     scores, shown = evaluate(nets, args.work)
     eval_seconds = time.perf_counter() - start
-    pictures = save_pictures(shown, arms)
+    pictures = save_pictures(shown, arms) if args.results == "augmentation_experiment" else []
     columns = ["set"] + [f"{n} {m}" for n in ["blurry", *arms] for m in ("PSNR", "SSIM")]
     rows, sets, wins = summarise(scores, arms)
-    report("augmentation_experiment", rows, columns, extra={
+    report(args.results, rows, columns, extra={
         "sets": sets,
         "wins": wins,
         "arms": {arm: ARMS[arm] for arm in arms},

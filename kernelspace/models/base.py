@@ -115,6 +115,12 @@ class KernelSpaceModel(
         """Whether :meth:`sample_kernel` can draw novel kernels."""
         return False
 
+    def with_response(self, kernel: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """``kernel`` (B, C, h, w) with the camera-response exponents ``gamma`` (B,) where they are above 0, for
+        models whose kernels hold one; the others refuse."""
+        raise ValueError(f"{type(self).__name__}'s kernels hold no camera response: Degradation(response=...) needs a "
+                         "model that has one, such as KernelField")
+
     #: The ways :meth:`extract_kernel` can compute G (its ``method=``); the first is the default unless the model's
     #: config picks another.
     extraction_methods: tuple[str, ...] = ("network",)

@@ -201,6 +201,21 @@ class KernelField(KernelSpaceModel, architecture="kernel-field"):
         """The camera-response exponent of each kernel in the batch, shaped (B, 1, 1, 1)."""
         return kernel[:, -1:].mean((2, 3), keepdim=True)
 
+    def with_response(self, kernel: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """``kernel`` with the exponent ``gamma`` (B,) in its response channel where ``gamma`` is above 0.
+
+        Example:
+            >>> import torch
+            >>> model = KernelField(cell=32, psf_size=5)
+            >>> k = model.with_response(model.sample_kernel(32, 32, batch=2, seed=0), torch.tensor([1.0, 0.0]))
+            >>> model.response(k).flatten().tolist()
+            [1.0, 2.200000047683716]
+        """
+        gamma = gamma.to(kernel).view(-1, 1, 1)
+        out = kernel.clone()
+        out[:, -1] = torch.where(gamma > 0, gamma, kernel[:, -1])
+        return out
+
     def pack(self, psf: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """(B, h, w, S, S) PSFs and (B,) exponents -> a (B, S*S + 1, h, w) kernel."""
         b, h, w, s, _ = psf.shape

@@ -174,6 +174,10 @@ class Degradation:
         p_noise: probability that a degraded sample gets noise (default 1: every photo has some).
         p_jpeg: probability that it is JPEG-coded (default 0.5: half the samples stay uncompressed, as PNG or raw
             data sets such as GoPro frames and Levin 2009 are).
+        response: range of the camera-response exponent, drawn uniformly per sample in place of the kernel's
+            (the model's, 2.2 for the default prior), for a model with a camera response. Default ``None``: the
+            kernel's. Data sets blurred in the stored values (Levin 2009, most synthetic benchmarks) act as an
+            exponent of 1; ``(1.0, 2.2)`` covers them and real cameras.
 
     A range may be one value twice (``(0.01, 0.01)``); ``(0, 0)`` turns that noise term off.
 
@@ -194,9 +198,10 @@ class Degradation:
     jpeg_quality: tuple[int, int] = (60, 95)
     p_noise: float = 1.0
     p_jpeg: float = 0.5
+    response: tuple[float, float] | None = None
 
     #: The keys :meth:`sample` returns, each a ``(B,)`` tensor.
-    PARAM_KEYS = ("noise_prob", "noise_shot", "noise_read", "noise_seed", "jpeg_prob", "jpeg_quality")
+    PARAM_KEYS = ("noise_prob", "noise_shot", "noise_read", "noise_seed", "jpeg_prob", "jpeg_quality", "response_gamma")
 
     def __post_init__(self) -> None:
         for name in ("shot_noise", "read_noise"):
@@ -208,6 +213,11 @@ class Degradation:
                 )
             object.__setattr__(self, name, (float(low), float(high)))
         object.__setattr__(self, "jpeg_quality", _range("jpeg_quality", self.jpeg_quality, 1, 100, "integers"))
+        if self.response is not None:
+            low, high = _range("response", self.response, 0.0, 10.0, "numbers")
+            if low <= 0:
+                raise ValueError(f"Degradation: response exponents must be above 0, got {self.response!r}")
+            object.__setattr__(self, "response", (float(low), float(high)))
         for name in ("p_noise", "p_jpeg"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
@@ -216,7 +226,8 @@ class Degradation:
     def sample(self, batch: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Draw the parameters of ``batch`` samples (CPU tensors, the keys ``Degradation.PARAM_KEYS``): which
         get noise (``noise_prob``, 0 or 1) at which levels (``noise_shot``, ``noise_read``) from which seed
-        (``noise_seed``), and which are JPEG-coded (``jpeg_prob``) at which quality (``jpeg_quality``).
+        (``noise_seed``), which are JPEG-coded (``jpeg_prob``) at which quality (``jpeg_quality``), and under
+        which camera response (``response_gamma``; 0: the kernel's own, as without ``response``).
 
         Everything is drawn, in a fixed order, whatever the probabilities: a seed gives each sample the same
         draws. ``generator``: a CPU generator (``None``: PyTorch's global one).
@@ -227,6 +238,8 @@ class Degradation:
         seed = torch.randint(0, 2**62, (batch,), generator=generator)
         jpeg_gate = torch.rand(batch, generator=generator) < self.p_jpeg
         quality = torch.randint(self.jpeg_quality[0], self.jpeg_quality[1] + 1, (batch,), generator=generator)
+        low, high = self.response or (0.0, 0.0)
+        gamma = low + (high - low) * torch.rand(batch, generator=generator)
         return {
             "noise_prob": noise_gate.float(),
             "noise_shot": shot,
@@ -234,6 +247,7 @@ class Degradation:
             "noise_seed": seed,
             "jpeg_prob": jpeg_gate.float(),
             "jpeg_quality": quality,
+            "response_gamma": gamma,
         }
 
 
