@@ -185,7 +185,7 @@ class Degradation:
         >>> d = Degradation(jpeg_quality=(70, 90))
         >>> params = d.sample(4, torch.Generator().manual_seed(0))
         >>> sorted(params)
-        ['jpeg_prob', 'jpeg_quality', 'noise_prob', 'noise_read', 'noise_seed', 'noise_shot']
+        ['jpeg_prob', 'jpeg_quality', 'noise_prob', 'noise_read', 'noise_seed', 'noise_shot', 'response_gamma']
         >>> bool(((params["jpeg_quality"] >= 70) & (params["jpeg_quality"] <= 90)).all())
         True
         >>> Degradation(p_jpeg=2)
