@@ -10,7 +10,8 @@ vertical differences (where blur shows), scaled by the sharp image's gradient sp
 matter, at full resolution. It halves the resolution ``log2(cell)`` times, to one feature vector per cell; two
 convolutions on that grid let a cell see its neighbours (a flat cell takes its neighbours' blur), and a 1x1
 convolution gives each cell's PSF logits (softmax: non-negative, summing to one) and logits over the candidate
-camera responses (averaged over cells). Leaky ReLUs with variance-preserving initialisation keep the deep,
+camera responses (averaged over cells; trained, but :class:`~kernelspace.models.KernelField` chooses the
+response by fit, which proved more reliable). Leaky ReLUs with variance-preserving initialisation keep the deep,
 narrow stack trainable (plain ReLUs died in it).
 """
 
