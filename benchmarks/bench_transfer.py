@@ -1,7 +1,7 @@
 """Blur transfer on real pairs the model never trained on, and the kernel space's speed (issue 3's targets).
 
     python benchmarks/bench_transfer.py [--model SOURCE] [--parts speed,levin,gopro] [--gopro N]
-        [--method fast|solve|learned] [--learned-steps N]
+        [--method fast|solve|learned] [--learned-steps N] [--device cpu|cuda|auto]
 
 - Levin 2009, same pair: PSNR(F(x, G(x, y)), y) after the standard shift alignment on a 15-px crop (32 pairs).
   Target >= 41.7 dB (re-blurring with the recorded kernel: 44.7 dB; blurry vs sharp: 23.3 dB).
@@ -18,7 +18,8 @@
 
 ``--model`` takes anything ``kernelspace.load_model`` takes; without it, the shipped default model. ``--method``
 picks the extraction method Levin and GoPro are scored with (default: the model's), ``--learned-steps`` the
-corrections after a learned extractor's estimate (default: the model's).
+corrections after a learned extractor's estimate (default: the model's). ``--device`` runs everything there
+(the published G too); results are written as ``transfer_<parts>[_<method>][_cuda].json``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from common import report, seconds_per_call
 from PIL import Image
 
 from kernelspace import load_model
+from kernelspace.device import resolve_device
 from kernelspace.metrics import aligned, charbonnier, psnr
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
@@ -140,15 +142,16 @@ def speed(model) -> list[dict]:
     weights: its speed does not depend on them) in the same run."""
     from kernelspace.models import BKSNet
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(16, 3, 256, 256, generator=g)
+    g, device = torch.Generator().manual_seed(0), model.device
+    sync = device.type == "cuda"  # CUDA calls return before the work is done: time to its end
+    x = torch.rand(16, 3, 256, 256, generator=g).to(device)
     y = model.apply_kernel(x, model.sample_kernel(256, 256, batch=16, seed=0)).clamp(0, 1)
     k = model.extract_kernel(x[:1], y[:1])
-    apply_s = seconds_per_call(lambda: model.apply_kernel(x, k.expand(16, -1, -1, -1)), repeat=7)
+    apply_s = seconds_per_call(lambda: model.apply_kernel(x, k.expand(16, -1, -1, -1)), repeat=7, sync=sync)
     rows = [{"set": "apply_kernel 256x256 batch 16", "images_per_s": 16 / apply_s, "target_images_per_s": 200}]
     torch.manual_seed(0)
-    published = BKSNet().eval()
-    big_x = torch.rand(1, 3, 720, 1280, generator=g)
+    published = BKSNet().eval().to(device)
+    big_x = torch.rand(1, 3, 720, 1280, generator=g).to(device)
     big_y = model.apply_kernel(big_x, model.sample_kernel(720, 1280, seed=1)).clamp(0, 1)
     cases = [("256x256 batch 1", x[:1], y[:1], 5), ("256x256 batch 16", x, y, 3), ("1280x720 batch 1", big_x, big_y, 3)]
     # (label, method, corrections after a learned estimate): the learned extractor alone and as the model has it
@@ -158,11 +161,12 @@ def speed(model) -> list[dict]:
                                                                 "learned", model.learned_steps)]
     steps = getattr(model, "learned_steps", None)
     for name, sx, sy, repeat in cases:
-        theirs = seconds_per_call(lambda: published.extract_kernel(sx, sy), repeat=repeat) / len(sx)
+        theirs = seconds_per_call(lambda: published.extract_kernel(sx, sy), repeat=repeat, sync=sync) / len(sx)
         for label, method, corrections in variants + ([("solve", "solve", None)] if name == "256x256 batch 1" else []):
             if corrections is not None:
                 model.learned_steps = corrections
-            ours = seconds_per_call(lambda: model.extract_kernel(sx, sy, method=method), repeat=repeat) / len(sx)
+            ours = seconds_per_call(lambda: model.extract_kernel(sx, sy, method=method), repeat=repeat,
+                                    sync=sync) / len(sx)
             rows.append({"set": f"extract_kernel ({label}) {name}", "s_per_pair": ours,
                          "published_g_s_per_pair": theirs,
                          "images_per_s": 1 / ours, "no_slower": "yes" if ours <= theirs else "NO"})
@@ -178,8 +182,13 @@ def main() -> None:
     parser.add_argument("--gopro", type=int, default=6, help="how many GoPro pairs (slow on CPU)")
     parser.add_argument("--method", help="extraction method for levin and gopro (default: the model's)")
     parser.add_argument("--learned-steps", type=int, help="corrections after a learned extractor's estimate")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     args = parser.parse_args()
-    model = load_model(args.model, device="cpu")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    model = load_model(args.model, device=device)
     if args.method is not None and args.method not in model.extraction_methods:
         parser.error(f"--method must be one of {', '.join(model.extraction_methods)}, got {args.method!r}")
     if args.learned_steps is not None:
@@ -195,6 +204,7 @@ def main() -> None:
     rows = [row for part in parts for row in run[part](model)]
     suffix = "" if args.method is None else f"_{args.method}" + (
         "" if args.learned_steps is None else f"{args.learned_steps}")
+    suffix += "" if device.type == "cpu" else f"_{device.type}"
     report("transfer_" + "_".join(parts) + suffix, rows, ["set", "psnr_db", "min_db", "identity_db", "reference_db", "target_db",
                                                  "images_per_s", "target_images_per_s", "s_per_pair", "published_g_s_per_pair",
                                                  "no_slower"])

@@ -103,3 +103,26 @@ def test_each_arm_trains_checkpoints_and_resumes(run, budget, tmp_path: Path) ->
         run.train(replace(budget, steps=3), "a", tmp_path, save_every=1)
     estimate = run.restore(net, torch.rand(1, 1, 40, 40))  # grey in, grey out
     assert estimate.shape == (1, 1, 40, 40)
+
+
+def test_photos_come_from_the_given_folder(run, budget, tmp_path: Path) -> None:
+    from kernelspace.io import save_image
+
+    for name, level in (("dark", 51), ("light", 204)):
+        save_image(torch.full((3, 64, 80), level / 255), tmp_path / "photos" / f"{name}.png")
+    trainer = run.Trainer(budget, "a", tmp_path / "work", photos=tmp_path / "photos")
+    trainer.advance(1, save_every=1)
+    sharp, _ = trainer.data.batch(0)
+    assert set(torch.unique((sharp * 255).round()).tolist()) <= {51.0, 204.0}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batches_match_the_cpu(run, budget) -> None:
+    for arm in run.ARMS:
+        data = run.BlurredPhotos(budget, arm)
+        sharp, blurry = data.batch(3)
+        sharp_gpu, blurry_gpu = data.batch(3, "cuda")
+        assert blurry_gpu.device.type == "cuda" and torch.equal(sharp_gpu.cpu(), sharp)
+        # The same draws: float rounding differs, so 8-bit quantisation (and JPEG's, for a block) can move values
+        # by a level or so; other draws would differ by many levels everywhere.
+        assert (blurry_gpu.cpu() - blurry).abs().mean() < 0.5 / 255, arm

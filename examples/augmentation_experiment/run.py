@@ -1,7 +1,7 @@
 """The paper's augmentation experiment at CPU scale: does kernel-space blur help a deblurring network?
 
     OMP_NUM_THREADS=2 python examples/augmentation_experiment/run.py [--arms a,b,c,d] [--until N] [--device D]
-        [--results NAME]
+        [--results NAME] [--photos DIR]
 
 Four arms train the same small SRN-Deblur network (``srn.py``) from the same initial weights, with the same
 steps, batches, crops, learning-rate schedule and seeds, on clean photos of ../shared/data/train (random crops,
@@ -115,12 +115,16 @@ class BlurredPhotos:
             model=KernelField(gammas=[1.0]) if arm == "d" else None,
         )
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``(sharp, blurry)`` batch of ``step``, each ``(batch, 3, crop, crop)`` in [0, 1]."""
+    def batch(self, step: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(sharp, blurry)`` batch of ``step`` on ``device``, each ``(batch, 3, crop, crop)`` in [0, 1].
+
+        Crops and every random parameter are drawn on the CPU, the blur and noise are applied on ``device``: on
+        a GPU the blur costs no CPU time, and the draws are the same on every device.
+        """
         b, seed = self.budget, self.budget.seed
         self.photos.set_epoch(step)  # fresh crops and flips at every step
         index = torch.randint(0, len(self.photos), (b.batch,), generator=_seeded(seed, step, "photos"))
-        sharp = torch.stack([self.photos[int(i)] for i in index])
+        sharp = torch.stack([self.photos[int(i)] for i in index]).to(device)
         if self.kernel_space is not None:
             blurry = self.kernel_space(sharp, generator=_seeded(seed, step, "kernel space"))
         else:
@@ -132,7 +136,7 @@ class BlurredPhotos:
         if self.arm not in ("c", "e"):  # the chain has its own sensor noise
             noise = _seeded(seed, step, "noise")
             sigma = torch.rand(b.batch, 1, 1, 1, generator=noise) * b.noise_max
-            blurry = blurry + sigma * torch.randn(blurry.shape, generator=noise)
+            blurry = blurry + (sigma * torch.randn(blurry.shape, generator=noise)).to(blurry.device)
         return sharp, (blurry.clamp(0, 1) * 255).round() / 255
 
 
@@ -145,10 +149,13 @@ def _save_atomic(obj: object, path: Path) -> None:
 class Trainer:
     """One arm's training: the network, optimiser and schedule, resumed from ``work`` when a checkpoint is there."""
 
-    def __init__(self, budget: Budget, arm: str, work: Path, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, budget: Budget, arm: str, work: Path, device: torch.device | str = "cpu", photos: Path = DATA / "train"
+    ) -> None:
         if arm not in ARMS:
             raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
         self.budget, self.arm, self.path, self.device = budget, arm, work / f"arm_{arm}.pt", torch.device(device)
+        self.photos = photos
         torch.manual_seed(budget.seed)  # the same initial weights in every arm
         self.net = SRNDeblur(budget.width, budget.blocks).to(self.device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=budget.lr)
@@ -175,7 +182,7 @@ class Trainer:
             return
         if self.data is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.data = BlurredPhotos(self.budget, self.arm)
+            self.data = BlurredPhotos(self.budget, self.arm, self.photos)
             if self.data.kernel_space is not None:
                 config = json.loads(json.dumps(self.data.kernel_space.model.config))  # as stored: tuples -> lists
                 record.setdefault("kernel_model", config)
@@ -186,7 +193,7 @@ class Trainer:
         self.net.train()
         start, window = time.perf_counter(), []
         for step in range(record["step"], until):
-            sharp, blurry = (t.to(self.device) for t in self.data.batch(step))  # made on the CPU: any device
+            sharp, blurry = self.data.batch(step, self.device)
             loss = multiscale_loss(self.net(blurry), sharp)
             self.optimizer.zero_grad()
             loss.backward()
@@ -334,11 +341,14 @@ def main() -> None:
     parser.add_argument("--arms", default="a,b,c,d",
                         help=f"which arms to train and score: a comma-separated subset of {','.join(ARMS)}")
     parser.add_argument("--steps", type=int, default=Budget.steps, help="training steps of each arm")
+    parser.add_argument("--crop", type=int, default=Budget.crop, help="side of the square training crops")
     parser.add_argument("--work", type=Path, default=HERE / "runs", help="checkpoints and cached scores")
     parser.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (the arms take turns)")
     parser.add_argument("--until", type=int, help="train every arm only up to this step for now (then score the "
                         "networks as they are); run again with a larger value, or none, to go on")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when there is one)")
+    parser.add_argument("--photos", type=Path, default=DATA / "train",
+                        help="the clean training photos (default: ../shared/data/train)")
     parser.add_argument("--no-eval", action="store_true", help="train only")
     parser.add_argument("--results", default="augmentation_experiment",
                         help="write benchmarks/results/NAME.json; another name than the default writes no pictures "
@@ -350,6 +360,8 @@ def main() -> None:
     if args.steps < 1 or args.save_every < 1 or (args.until is not None and args.until < 1):
         parser.error(f"--steps, --save-every and --until must be positive, got {args.steps}, {args.save_every} "
                      f"and {args.until}")
+    if args.crop < 16:
+        parser.error(f"--crop must be at least 16 pixels, got {args.crop}")
     if not all(ch.isalnum() or ch in "_-." for ch in args.results) or args.results.startswith("."):
         parser.error(f"--results takes a file name (letters, digits, _ - .), got {args.results!r}")
     try:
@@ -358,8 +370,8 @@ def main() -> None:
         parser.error(str(error))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     args.work.mkdir(parents=True, exist_ok=True)
-    budget = Budget(steps=args.steps)
-    trainers = {arm: Trainer(budget, arm, args.work, device) for arm in arms}
+    budget = Budget(steps=args.steps, crop=args.crop)
+    trainers = {arm: Trainer(budget, arm, args.work, device, args.photos) for arm in arms}
     until = min(args.until or budget.steps, budget.steps)
     # The arms take turns, save_every steps each: stopped at any time, they have trained about as long.
     for target in range(args.save_every, until + args.save_every, args.save_every):
